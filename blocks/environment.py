@@ -1,0 +1,80 @@
+"""One block per environment (sandbox, staging, production) that references every system's block.
+
+A flow takes ``environment: str`` and calls :func:`load_environment` once; everything else comes from it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect_aws.s3 import S3Bucket
+from pydantic import Field
+
+from blocks._base import RunbookBlock
+from blocks.kubernetes import KubernetesCluster
+from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
+from blocks.platform import PlatformAPI
+from blocks.postgres import PostgresDatabase
+from blocks.redis import RedisDatabase
+from runbooks.errors import ConfigurationError
+
+EnvironmentKind = Literal["sandbox", "staging", "production"]
+
+
+class RunbookEnvironment(RunbookBlock):
+    """Everything a runbook needs to act on one environment of the platform.
+
+    Example:
+        ```python
+        from blocks.environment import RunbookEnvironment
+        env = RunbookEnvironment.load("BLOCK_NAME")
+        async with env.platform.get_client() as client:
+            await client.get("/health")
+        ```
+    """
+
+    _block_type_name = "Runbooks Environment"
+
+    kind: EnvironmentKind = Field(
+        description="Which kind of environment this is; only sandbox defaults to live runs."
+    )
+    platform: PlatformAPI
+    postgres: PostgresDatabase
+    redis: RedisDatabase
+    backups: S3Bucket
+    kubernetes: KubernetesCluster | None = None
+    slack: SlackNotifier | None = None
+    pagerduty: PagerDutyNotifier | None = None
+    opsgenie: OpsgenieNotifier | None = None
+
+    @property
+    def dry_run_by_default(self) -> bool:
+        """Changes are dry-run unless asked otherwise everywhere but the sandbox."""
+        return self.kind != "sandbox"
+
+    def require_kubernetes(self) -> KubernetesCluster:
+        if self.kubernetes is None:
+            raise ConfigurationError(
+                self.display_name,
+                "kubernetes",
+                "no Kubernetes cluster is configured",
+                hint="add a Runbooks Kubernetes block to this environment",
+            )
+        return self.kubernetes
+
+
+async def load_environment(name: str) -> RunbookEnvironment:
+    """Load the environment block ``name``; a missing block is one clear ConfigurationError."""
+    slug = RunbookEnvironment.get_block_type_slug()
+    try:
+        env = await RunbookEnvironment.aload(name)
+    except ValueError as err:
+        if "Unable to find block document" in str(err):
+            raise ConfigurationError(
+                f"{slug}/{name}",
+                None,
+                "no such block",
+                hint="run `runbooks blocks apply` for the sandbox, or create it in the Prefect UI",
+            ) from err
+        raise ConfigurationError(f"{slug}/{name}", None, f"cannot be loaded: {err}") from err
+    return env

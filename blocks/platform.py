@@ -1,0 +1,41 @@
+"""The AI platform's HTTP API: base URL, admin bearer token, status page."""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import AnyHttpUrl, Field, SecretStr
+
+from blocks._base import RunbookBlock
+
+
+class PlatformAPI(RunbookBlock):
+    """Connection to the AI multi-model platform's HTTP API and its public status page.
+
+    Example:
+        ```python
+        from blocks.platform import PlatformAPI
+        platform = PlatformAPI.load("BLOCK_NAME")
+        async with platform.get_client() as client:
+            (await client.get("/health")).raise_for_status()
+        ```
+    """
+
+    _block_type_name = "Runbooks Platform API"
+
+    base_url: AnyHttpUrl = Field(description="Base URL of the platform API, e.g. https://api.example.com.")
+    admin_token: SecretStr = Field(description="Bearer token for the /admin endpoints.")
+    status_page_url: AnyHttpUrl = Field(
+        description="Base URL of the public status page (serves /api/v2/summary.json)."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout in seconds.")
+
+    def get_client(self, *, admin: bool = True) -> httpx.AsyncClient:
+        """A client on ``base_url``; with ``admin`` it carries the bearer token."""
+        headers = {"User-Agent": "runbooks"}
+        if admin:
+            headers["Authorization"] = f"Bearer {self.admin_token.get_secret_value()}"
+        return httpx.AsyncClient(base_url=str(self.base_url), headers=headers, timeout=self.timeout_s)
+
+    def get_status_page_client(self) -> httpx.AsyncClient:
+        """A client on the status page (no credentials)."""
+        return httpx.AsyncClient(base_url=str(self.status_page_url), timeout=self.timeout_s)

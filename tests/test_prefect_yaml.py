@@ -1,0 +1,42 @@
+"""prefect.yaml is valid: every entrypoint imports to a flow, names are unique, pools are defined."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import Flow
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+DEPLOYMENTS = SPEC["deployments"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_entrypoint_imports_to_a_flow(deployment: dict) -> None:
+    path, _, attr = deployment["entrypoint"].partition(":")
+    spec = importlib.util.spec_from_file_location(f"entry_{deployment['name'].replace('-', '_')}", ROOT / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert isinstance(getattr(module, attr), Flow)
+
+
+def test_deployment_names_are_unique() -> None:
+    names = [d["name"] for d in DEPLOYMENTS]
+    assert len(names) == len(set(names))
+
+
+def test_every_deployment_uses_a_defined_work_pool_and_takes_an_environment() -> None:
+    pools = {pool["name"] for pool in SPEC["definitions"]["work_pools"].values()}
+    for deployment in DEPLOYMENTS:
+        assert deployment["work_pool"]["name"] in pools
+        assert "environment" in deployment.get("parameters", {}), deployment["name"]
+
+
+def test_no_secret_in_prefect_yaml() -> None:
+    text = (ROOT / "prefect.yaml").read_text().lower()
+    for word in ("password", "token:", "secret_access_key", "routing_key", "api_key"):
+        assert word not in text
