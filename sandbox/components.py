@@ -72,9 +72,7 @@ def wait_until(check: Any, *, timeout_s: float, what: str, log: Path | None = No
     tail = ""
     if log is not None and log.exists():
         tail = " | last log lines: " + " / ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-    raise SandboxError(
-        f"{what} did not become ready within {timeout_s:.0f}s{tail}", hint=f"see {log}" if log else None
-    )
+    raise SandboxError(f"{what} did not become ready within {timeout_s:.0f}s{tail}", hint=f"see {log}" if log else None)
 
 
 class ProcessComponent(Component):
@@ -117,9 +115,7 @@ class ProcessComponent(Component):
                 f"{self.name}: port {self.port} on {self.settings.host} is taken by another process",
                 hint=f"stop it, or set RUNBOOKS_SANDBOX_{self.name.upper().replace('-', '_')}_PORT",
             )
-        pid = processes.spawn_daemon(
-            self.argv(), log_path=self.log_path, env=self.process_env(), cwd=PROJECT_DIR
-        )
+        pid = processes.spawn_daemon(self.argv(), log_path=self.log_path, env=self.process_env(), cwd=PROJECT_DIR)
         self.state.put(self.name, {"pid": pid, "address": self.address, "log": str(self.log_path)})
 
         def ready() -> bool:
@@ -135,9 +131,7 @@ class ProcessComponent(Component):
 
     def status(self) -> ComponentStatus:
         ok = self.healthy()
-        return ComponentStatus(
-            self.name, ok, self.address, "" if ok else f"not answering; log: {self.log_path}"
-        )
+        return ComponentStatus(self.name, ok, self.address, "" if ok else f"not answering; log: {self.log_path}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,13 +236,10 @@ class PostgresComponent(Component):
         try:
             with psycopg.connect(self.app_dsn(), connect_timeout=3) as conn:
                 row = conn.execute(
-                    "SELECT current_setting('server_version'), "
-                    "pg_size_pretty(pg_database_size(current_database()))"
+                    "SELECT current_setting('server_version'), pg_size_pretty(pg_database_size(current_database()))"
                 ).fetchone()
         except psycopg.Error as err:
-            return ComponentStatus(
-                self.name, False, self._safe(), f"{kind}: {str(err).strip().splitlines()[-1]}"
-            )
+            return ComponentStatus(self.name, False, self._safe(), f"{kind}: {str(err).strip().splitlines()[-1]}")
         assert row is not None
         return ComponentStatus(self.name, True, self._safe(), f"{kind} PostgreSQL {row[0]}, {row[1]}")
 
@@ -256,9 +247,7 @@ class PostgresComponent(Component):
         from psycopg.conninfo import conninfo_to_dict
 
         info = conninfo_to_dict(self.app_dsn())
-        return (
-            f"postgresql://{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname')}"
-        )
+        return f"postgresql://{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname')}"
 
     def env(self) -> dict[str, str]:
         record = self.state.get(self.name)
@@ -309,9 +298,7 @@ class RedisComponent(Component):
 
         client = redis.Redis.from_url(url)
         if not next(iter(client.scan_iter(match="session:*", count=100)), None):
-            counts = datagen.generate_redis(
-                url, datagen.parse_size(self.settings.redis_size), seed=self.settings.seed
-            )
+            counts = datagen.generate_redis(url, datagen.parse_size(self.settings.redis_size), seed=self.settings.seed)
             self.state.put(self.name, {**record, "keys": counts})
 
     def _start_embedded(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -486,10 +473,6 @@ def prefect_env(settings: SandboxSettings) -> dict[str, str]:
     }
 
 
-def _prefect_cli() -> str:
-    return str(Path(sys.executable).with_name("prefect"))
-
-
 class PrefectServerComponent(ProcessComponent):
     """A local Prefect server on its embedded SQLite database; the UI is at its root."""
 
@@ -501,7 +484,9 @@ class PrefectServerComponent(ProcessComponent):
         return self.settings.prefect_port
 
     def argv(self) -> list[str]:
-        return [_prefect_cli(), "server", "start", "--host", self.settings.host, "--port", str(self.port)]
+        from deployments.apply import prefect_cli
+
+        return [prefect_cli(), "server", "start", "--host", self.settings.host, "--port", str(self.port)]
 
     def process_env(self) -> dict[str, str]:
         return {**os.environ, **prefect_env(self.settings)}
@@ -520,32 +505,25 @@ class PrefectWorkerComponent(Component):
     name = "worker"
 
     def up(self) -> None:
+        from deployments.apply import deploy_all, ensure_work_pools, prefect_cli
         from sandbox.blocks import apply_blocks
 
         env = {**os.environ, **prefect_env(self.settings)}
         with _prefect_api(self.settings):
-            asyncio.run(_ensure_work_pool(self.settings.work_pool))
+            asyncio.run(ensure_work_pools())
             asyncio.run(apply_blocks(self.settings, self.state))
         record = self.state.get(self.name)
         if not (record.get("pid") and processes.is_alive(int(record["pid"]))):
             log = self.settings.home / "logs" / "worker.log"
-            pid = processes.spawn_daemon(
-                [_prefect_cli(), "worker", "start", "--pool", self.settings.work_pool, "--type", "process"],
-                log_path=log,
-                env=env,
-                cwd=PROJECT_DIR,
-            )
+            argv = [prefect_cli(), "worker", "start", "--pool", self.settings.work_pool, "--type", "process"]
+            pid = processes.spawn_daemon(argv, log_path=log, env=env, cwd=PROJECT_DIR)
             record = {"pid": pid, "log": str(log), "pool": self.settings.work_pool}
             self.state.put(self.name, record)
-        result = processes.run(
-            [_prefect_cli(), "--no-prompt", "deploy", "--all"], timeout_s=300, env=env, cwd=PROJECT_DIR
-        )
-        if result.returncode != 0:
-            tail = " / ".join((result.stdout + result.stderr).strip().splitlines()[-6:])
-            raise SandboxError(f"prefect deploy --all failed: {tail}")
-        self.state.put(self.name, {**record, "deployments": _deployment_names()})
+        deploy_all(env)
 
     def status(self) -> ComponentStatus:
+        from deployments.apply import deployed_names, deployment_names
+
         record = self.state.get(self.name)
         alive = bool(record.get("pid")) and processes.is_alive(int(record["pid"]))
         address = f"work pool {self.settings.work_pool!r}"
@@ -553,45 +531,16 @@ class PrefectWorkerComponent(Component):
             return ComponentStatus(self.name, False, address, "worker process not running")
         try:
             with _prefect_api(self.settings):
-                found = asyncio.run(_read_deployment_names())
+                found = asyncio.run(deployed_names())
         except Exception as err:  # noqa: BLE001 - reported as unhealthy status, not swallowed
             return ComponentStatus(self.name, False, address, f"cannot read deployments: {err}")
-        missing = sorted(set(_deployment_names()) - found)
+        missing = sorted(set(deployment_names()) - found)
         if missing:
             return ComponentStatus(self.name, False, address, f"deployments missing: {', '.join(missing)}")
-        return ComponentStatus(
-            self.name, True, address, f"worker pid {record['pid']}, {len(found)} deployments"
-        )
-
-
-def _deployment_names() -> list[str]:
-    import yaml
-
-    spec = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
-    return [str(entry["name"]) for entry in spec.get("deployments") or []]
+        return ComponentStatus(self.name, True, address, f"worker pid {record['pid']}, {len(found)} deployments")
 
 
 def _prefect_api(settings: SandboxSettings) -> Any:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     return temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url})
-
-
-async def _ensure_work_pool(name: str) -> None:
-    from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    async with get_client() as client:
-        try:
-            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-        except ObjectAlreadyExists:
-            pass
-
-
-async def _read_deployment_names() -> set[str]:
-    from prefect import get_client
-
-    async with get_client() as client:
-        deployments = await client.read_deployments()
-    return {d.name for d in deployments}

@@ -42,7 +42,9 @@ def make_settings(home: Path, **overrides: object) -> SandboxSettings:
     values: dict[str, object] = {
         "home": home,
         "environment": TEST_ENVIRONMENT,
-        "postgres_admin_dsn": os.environ.get("RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        "postgres_admin_dsn": os.environ.get(
+            "RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
         "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
         "postgres_size": "3MB",
         "redis_url": os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),

@@ -13,8 +13,16 @@ from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
 
-OUR_BLOCKS = [PlatformAPI, PostgresDatabase, RedisDatabase, KubernetesCluster, SlackNotifier, PagerDutyNotifier,
-              OpsgenieNotifier, RunbookEnvironment]
+OUR_BLOCKS = [
+    PlatformAPI,
+    PostgresDatabase,
+    RedisDatabase,
+    KubernetesCluster,
+    SlackNotifier,
+    PagerDutyNotifier,
+    OpsgenieNotifier,
+    RunbookEnvironment,
+]
 
 
 @pytest.mark.parametrize("block", OUR_BLOCKS, ids=lambda b: b.__name__)

@@ -73,8 +73,7 @@ async def test_saved_environment_keeps_secrets_out_of_the_api(sandbox: Sandbox) 
 
     token = sandbox.state.secrets()["platform_admin_token"]
     async with get_client() as client:
-        doc = await client.read_block_document_by_name(TEST_ENVIRONMENT, "runbooks-platform-api",
-                                                       include_secrets=False)
+        doc = await client.read_block_document_by_name(TEST_ENVIRONMENT, "runbooks-platform-api", include_secrets=False)
     assert token not in str(doc.data)
     env = await RunbookEnvironment.aload(TEST_ENVIRONMENT)
     assert env.platform.admin_token.get_secret_value() == token

@@ -17,10 +17,14 @@ from tests.conftest import TEST_ENVIRONMENT
 
 
 def runbooks(*args: str, sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "RUNBOOKS_SANDBOX_HOME": str(sandbox.settings.home)}
-    return subprocess.run([sys.executable, "-m", "runbooks.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "RUNBOOKS_SANDBOX_HOME": str(sandbox.settings.home),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "runbooks.cli", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 async def _save_variant(name: str, **changes: object) -> None:
@@ -49,8 +53,10 @@ async def test_wrong_token_names_the_platform_block_and_field(sandbox: Sandbox) 
 
 
 async def test_unreachable_dsn_names_the_postgres_block_and_field(sandbox: Sandbox) -> None:
-    await _save_variant("bad-dsn", postgres=PostgresDatabase(dsn=SecretStr("postgresql://postgres:pw@127.0.0.1:1/x"),
-                                                             connect_timeout_s=2))
+    await _save_variant(
+        "bad-dsn",
+        postgres=PostgresDatabase(dsn=SecretStr("postgresql://postgres:pw@127.0.0.1:1/x"), connect_timeout_s=2),
+    )
     result = runbooks("check", "-e", "bad-dsn", sandbox=sandbox)
     assert result.returncode == 2
     failing = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
@@ -69,8 +75,14 @@ def test_missing_block_is_one_line(sandbox: Sandbox) -> None:
 
 def test_prefect_unreachable_is_one_line(sandbox: Sandbox) -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    result = subprocess.run([sys.executable, "-m", "runbooks.cli", "check"], capture_output=True, text=True,
-                            env=env, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "runbooks.cli", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Prefect API")

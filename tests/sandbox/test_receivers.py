@@ -13,11 +13,15 @@ def test_slack_webhook_and_bot_api(sandbox: Sandbox, receivers_url: str) -> None
     assert ok.status_code == 200 and ok.text == "ok"
     assert httpx.post(f"{receivers_url}/slack/webhook/wrong", json={"text": "hi"}).status_code == 404
     bot = {"Authorization": f"Bearer {secrets['slack_bot_token']}"}
-    posted = httpx.post(f"{receivers_url}/slack/api/chat.postMessage", headers=bot,
-                        json={"channel": "#c", "text": "first"}).json()
+    posted = httpx.post(
+        f"{receivers_url}/slack/api/chat.postMessage", headers=bot, json={"channel": "#c", "text": "first"}
+    ).json()
     assert posted["ok"] and posted["ts"]
-    refused = httpx.post(f"{receivers_url}/slack/api/chat.postMessage", headers={"Authorization": "Bearer no"},
-                         json={"channel": "#c", "text": "x"}).json()
+    refused = httpx.post(
+        f"{receivers_url}/slack/api/chat.postMessage",
+        headers={"Authorization": "Bearer no"},
+        json={"channel": "#c", "text": "x"},
+    ).json()
     assert refused == {"ok": False, "error": "invalid_auth"}
     got = httpx.get(f"{receivers_url}/_received", params={"system": "slack"}).json()
     assert [e["kind"] for e in got] == ["webhook", "chat.postMessage"]
@@ -25,8 +29,12 @@ def test_slack_webhook_and_bot_api(sandbox: Sandbox, receivers_url: str) -> None
 
 def test_pagerduty_and_opsgenie(sandbox: Sandbox, receivers_url: str) -> None:
     secrets = sandbox.state.secrets()
-    event = {"routing_key": secrets["pagerduty_routing_key"], "event_action": "trigger", "dedup_key": "k1",
-             "payload": {"summary": "s", "severity": "critical", "source": "t"}}
+    event = {
+        "routing_key": secrets["pagerduty_routing_key"],
+        "event_action": "trigger",
+        "dedup_key": "k1",
+        "payload": {"summary": "s", "severity": "critical", "source": "t"},
+    }
     answer = httpx.post(f"{receivers_url}/pagerduty/v2/enqueue", json=event)
     assert answer.status_code == 202 and answer.json()["dedup_key"] == "k1"
     assert httpx.post(f"{receivers_url}/pagerduty/v2/enqueue", json={**event, "routing_key": "bad"}).status_code == 400
