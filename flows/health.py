@@ -130,7 +130,7 @@ async def system_health_check(
             "redis",
             check_redis(env.redis),
             lambda r: Check(
-                name="redis", ok=True, detail=f"{r.address} v{r.version}, ping {r.ping_ms} ms, {r.keys} keys"
+                name="redis", ok=True, detail=f"{r.address} v{r.version}, ping {r.ping_ms} ms, {r.key_count} keys"
             ),
         ),
         _run(

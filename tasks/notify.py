@@ -35,17 +35,13 @@ async def _post(
 
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
-async def post_slack_webhook(
-    slack: SlackNotifier, text: str, blocks: list[dict[str, Any]] | None = None
-) -> None:
+async def post_slack_webhook(slack: SlackNotifier, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
     """The runbook's ``curl -X POST $SLACK_*_WEBHOOK``: a one-off message."""
     payload: dict[str, Any] = {"text": text}
     if blocks:
         payload["blocks"] = blocks
     async with slack.get_client() as client:
-        await _post(
-            client, slack.webhook_url.get_secret_value(), payload, what="Slack webhook", idempotent=False
-        )
+        await _post(client, slack.webhook_url.get_secret_value(), payload, what="Slack webhook", idempotent=False)
 
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
@@ -67,9 +63,7 @@ async def post_slack_message(
     if thread_ts:
         payload["thread_ts"] = thread_ts
     async with slack.get_client() as client:
-        response = await _post(
-            client, "chat.postMessage", payload, what="Slack chat.postMessage", idempotent=False
-        )
+        response = await _post(client, "chat.postMessage", payload, what="Slack chat.postMessage", idempotent=False)
     body = response.json()
     if not body.get("ok"):
         error = body.get("error", "unknown_error")
@@ -105,9 +99,7 @@ async def send_pagerduty_event(
             "custom_details": details or {},
         }
     async with pagerduty.get_client() as client:
-        response = await _post(
-            client, str(pagerduty.events_url), payload, what="PagerDuty Events API", idempotent=True
-        )
+        response = await _post(client, str(pagerduty.events_url), payload, what="PagerDuty Events API", idempotent=True)
     return str(response.json().get("dedup_key", dedup_key))
 
 

@@ -26,9 +26,7 @@ async def check_postgres(db: PostgresDatabase) -> PostgresHealth:
             version = await (await conn.execute("SELECT current_setting('server_version')")).fetchone()
             size = await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone()
             states = await (
-                await conn.execute(
-                    "SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity GROUP BY 1"
-                )
+                await conn.execute("SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity GROUP BY 1")
             ).fetchall()
         except psycopg.Error as err:
             raise PostgresError(f"health query on {db.safe_address} failed: {err}") from err

@@ -18,7 +18,7 @@ class RedisHealth(BaseModel):
     ping_ms: float
     version: str
     used_memory_bytes: int
-    keys: int
+    key_count: int
 
 
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
@@ -32,9 +32,7 @@ async def check_redis(cache: RedisDatabase) -> RedisHealth:
         info = await client.info()
         keys = await client.dbsize()
     except redis.exceptions.AuthenticationError as err:
-        raise ConfigurationError(
-            cache.display_name, "url", f"authentication refused by {cache.safe_address}"
-        ) from err
+        raise ConfigurationError(cache.display_name, "url", f"authentication refused by {cache.safe_address}") from err
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as err:
         raise ConfigurationError(
             cache.display_name,
@@ -52,5 +50,5 @@ async def check_redis(cache: RedisDatabase) -> RedisHealth:
         ping_ms=round(ping_ms, 2),
         version=info["redis_version"],
         used_memory_bytes=info["used_memory"],
-        keys=keys,
+        key_count=keys,
     )

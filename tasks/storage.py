@@ -67,8 +67,6 @@ async def check_bucket(bucket: S3Bucket, prefix: str = "") -> BucketHealth:
                 "aws_secret_access_key",
                 f"access to {bucket.bucket_name!r} refused ({code})",
             ) from err
-        raise StorageError(
-            f"S3 {code or 'error'} on {bucket.bucket_name!r}: {err}", status_code=status
-        ) from err
+        raise StorageError(f"S3 {code or 'error'} on {bucket.bucket_name!r}: {err}", status_code=status) from err
     except BotoCoreError as err:
         raise StorageError(f"S3 client error on {bucket.bucket_name!r}: {err}") from err

@@ -1,0 +1,623 @@
+"""Contract and behaviour tests of the platform API double, over real HTTP.
+
+The app runs on a real uvicorn server on 127.0.0.1 (ephemeral port) with a fake clock; every operation in the
+committed ``openapi.json`` is called and its answer validated against the documented schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from jsonschema import Draft202012Validator, FormatChecker
+
+from sandbox.platform_api import app as app_module
+from sandbox.platform_api.app import ADMIN_TOKEN_ENV, create_app
+from sandbox.platform_api.export_openapi import OPENAPI_PATH, render
+from sandbox.platform_api.fleet import MODEL_NAMES
+from sandbox.platform_api.state import PlatformState
+
+TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+START = 1_700_000_000.0
+SPEC: dict[str, Any] = json.loads(OPENAPI_PATH.read_text())
+OPERATIONS = [(method.upper(), path) for path, item in SPEC["paths"].items() for method in item]
+PROTECTED = [(method, path) for method, path in OPERATIONS if path.startswith(("/admin/", "/_sandbox/"))]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> None:
+    """This module talks to its own HTTP server only: no Prefect test server needed (overrides conftest)."""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="module")
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def server(clock: FakeClock) -> Iterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(create_app(TOKEN, clock=clock), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    assert httpx.get(f"{url}/health").status_code == 200
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture
+def api(server: str, clock: FakeClock) -> Iterator[httpx.Client]:
+    """A client without credentials, on a freshly reset sandbox at the start time."""
+    clock.now = START
+    with httpx.Client(base_url=server, timeout=10) as client:
+        client.post("/_sandbox/reset", headers=ADMIN).raise_for_status()
+        yield client
+
+
+@pytest.fixture
+def admin(server: str, api: httpx.Client) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, headers=ADMIN, timeout=10) as client:
+        yield client
+
+
+# ---- helpers ----------------------------------------------------------------------------------------
+
+
+def validate(schema: dict[str, Any], instance: Any) -> None:
+    """Validate against a schema of the OpenAPI document, resolving ``#/components/...`` references."""
+    Draft202012Validator({**schema, "components": SPEC["components"]}, format_checker=FormatChecker()).validate(
+        instance
+    )
+
+
+def check_documented(method: str, path: str, response: httpx.Response) -> None:
+    """The status code is documented for the operation and the body matches its schema."""
+    documented = SPEC["paths"][path][method.lower()]["responses"]
+    assert str(response.status_code) in documented, f"{method} {path} -> undocumented {response.status_code}"
+    content = documented[str(response.status_code)].get("content")
+    if not content:
+        assert response.content == b""
+        return
+    media_type = response.headers["content-type"]
+    assert media_type in content, f"{media_type} not in {list(content)}"
+    body = response.json() if media_type == "application/json" else response.text
+    validate(content[media_type]["schema"], body)
+
+
+def example_body(operation: dict[str, Any]) -> Any:
+    """The example the contract documents for the request body (itself checked against the schema)."""
+    if "requestBody" not in operation:
+        return None
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    example = SPEC["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]["examples"][0]
+    validate(schema, example)
+    return example
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """One sample of /metrics, by name and (a subset of) its labels."""
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in client.get("/metrics").text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.split("{")[0] == name and all(w in sample for w in wanted):
+            return float(value)
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def model(client: httpx.Client, name: str) -> dict[str, Any]:
+    return next(m for m in client.get("/api/v1/models").json()["models"] if m["name"] == name)
+
+
+def breaker(client: httpx.Client, name: str) -> dict[str, Any]:
+    return next(b for b in client.get("/api/v1/load-balancer/circuit-breakers").json() if b["model"] == name)
+
+
+def distribution(client: httpx.Client) -> dict[str, float]:
+    return client.get("/api/v1/load-balancer/stats").json()["model_distribution"]
+
+
+def some_key(client: httpx.Client) -> tuple[str, str]:
+    """(key id, user id) of a seeded key, found the way an operator would: from the top users."""
+    user = client.get("/api/v1/analytics/top-users").json()["users"][0]
+    return user["api_key_ids"][0], user["user_id"]
+
+
+def set_faults(admin: httpx.Client, **faults: Any) -> dict[str, Any]:
+    response = admin.put("/_sandbox/faults", json=faults)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# ---- the contract -----------------------------------------------------------------------------------
+
+
+def test_openapi_on_disk_is_what_the_app_generates(api: httpx.Client) -> None:
+    assert OPENAPI_PATH.read_text() == render(), "run: python -m sandbox.platform_api.export_openapi"
+    assert api.get("/openapi.json").json() == SPEC
+
+
+def test_every_runbook_path_is_in_the_contract() -> None:
+    runbook = {  # every platform URL that operational-runbooks.md curls, with its placeholders as path parameters
+        "/health",
+        "/metrics",
+        "/api/v1/metrics",
+        "/api/v1/models",
+        "/api/v1/models/{name}/health",
+        "/api/v1/models/{name}/test",
+        "/api/v1/load-balancer/status",
+        "/api/v1/load-balancer/stats",
+        "/api/v1/load-balancer/config",
+        "/api/v1/load-balancer/circuit-breakers",
+        "/api/v1/analytics/latency",
+        "/api/v1/analytics/costs",
+        "/api/v1/analytics/anomalies",
+        "/api/v1/analytics/top-users",
+        "/api/v1/analytics/summary",
+        "/api/v1/security/events",
+        "/api/v1/security/rate-limits",
+        "/api/v2/summary.json",
+        "/admin/circuit-breaker",
+        "/admin/models/{name}/disable",
+        "/admin/models/config",
+        "/admin/models/{name}/config",
+        "/admin/models/{name}/reconnect",
+        "/admin/models/{name}/fallback",
+        "/admin/models/{name}/switch-endpoint",
+        "/admin/load-balancer/config",
+        "/admin/load-balancer/weights",
+        "/admin/load-balancer/circuit-breakers/{name}/reset",
+        "/admin/load-balancer/circuit-breakers/config",
+        "/admin/security/block-ip",
+        "/admin/security/generate-report",
+        "/admin/api-keys",
+        "/admin/api-keys/{key_id}",
+        "/admin/api-keys/{key_id}/usage",
+        "/admin/audit/search",
+        "/admin/users/{user_id}/throttle",
+        "/admin/optimization/cost-strategy",
+        "/admin/alerts/cost",
+    }
+    assert runbook <= set(SPEC["paths"])
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_operation_answers_as_documented(method: str, path: str, api: httpx.Client, admin: httpx.Client) -> None:
+    operation = SPEC["paths"][path][method.lower()]
+    protected = (method, path) in PROTECTED
+    assert bool(operation.get("security")) == protected  # the contract says which operations need the token
+    values = {"name": "gpt-4", "user_id": "user-001"}
+    if "{key_id}" in path:
+        values["key_id"] = admin.post("/admin/api-keys", json={"user_id": "user-001", "name": "k"}).json()["id"]
+    response = (admin if protected else api).request(method, path.format(**values), json=example_body(operation))
+    success = min(code for code in operation["responses"] if code.startswith("2"))
+    assert response.status_code == int(success), response.text
+    check_documented(method, path, response)
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}])
+def test_protected_operation_refuses_without_the_admin_token(
+    method: str, path: str, headers: dict[str, str], api: httpx.Client
+) -> None:
+    response = api.request(method, path.format(name="gpt-4", key_id="key_x", user_id="user-001"), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == {"detail": "missing or invalid admin token"}
+    check_documented(method, path, response)
+
+
+def test_refused_mutation_changes_nothing(api: httpx.Client) -> None:
+    assert api.post("/admin/models/gpt-4/disable").status_code == 401
+    assert api.put("/_sandbox/faults", json={"service_down": True}).status_code == 401
+    assert model(api, "gpt-4")["status"] == "active"
+    assert api.get("/health").json()["status"] == "healthy"
+
+
+# ---- faults show on the public endpoints ------------------------------------------------------------
+
+
+def test_healthy_baseline(api: httpx.Client) -> None:
+    assert api.get("/health").json()["status"] == "healthy"
+    assert {m["status"] for m in api.get("/api/v1/models").json()["models"]} == {"active"}
+    assert metric(api, "error_rate") < 0.05
+    assert metric(api, "http_response_time_seconds", quantile="0.95") < 2.0
+    assert api.get("/api/v2/summary.json").json()["incidents"] == []
+    assert api.get("/api/v1/analytics/anomalies").json()["anomalies"] == []
+    assert api.get("/metrics").headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_model_down(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    baseline = metric(api, "error_rate")
+    set_faults(admin, models_down=["gpt-4"])
+    gpt4 = model(api, "gpt-4")
+    assert gpt4["status"] == "down" and gpt4["error"] and gpt4["error_rate"] == 1.0
+    health = api.get("/api/v1/models/gpt-4/health")
+    assert health.status_code == 503 and health.json()["status"] == "down"
+    check_documented("GET", "/api/v1/models/{name}/health", health)
+    provider = api.get("/api/v1/models/openai/health")  # gpt-3.5-turbo still answers
+    assert provider.status_code == 200 and provider.json()["status"] == "degraded"
+    assert metric(api, "ai_model_up", model="gpt-4") == 0
+    assert metric(api, "ai_model_up", model="gpt-3.5-turbo") == 1
+    assert metric(api, "error_rate") > baseline + 0.2
+    assert api.get("/api/v1/models/gpt-4/test").json()["ok"] is False
+    assert api.get("/health").json()["checks"]["models"] == "degraded"
+    status = api.get("/api/v2/summary.json").json()
+    assert status["status"]["indicator"] == "major" and len(status["incidents"]) == 1
+
+    clock.advance(60)  # the periodic health checks keep failing: the breaker trips and traffic moves away
+    assert breaker(api, "gpt-4")["state"] == "OPEN"
+    assert distribution(api)["gpt-4"] == 0
+    assert metric(api, "error_rate") < baseline + 0.01
+
+    admin.delete("/_sandbox/faults").raise_for_status()
+    clock.advance(120)  # OPEN -> HALF_OPEN after retry_timeout, then a good check closes it
+    assert breaker(api, "gpt-4")["state"] == "CLOSED"
+    assert model(api, "gpt-4")["status"] == "active"
+    assert api.get("/api/v2/summary.json").json()["incidents"] == []
+
+
+def test_error_rate_fault(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    set_faults(admin, error_rate=0.3)
+    assert metric(api, "error_rate") >= 0.3
+    assert all(m["error_rate"] >= 0.3 and m["status"] == "degraded" for m in api.get("/api/v1/models").json()["models"])
+    failed, served = (
+        metric(api, "http_requests_total", status="5xx", model="claude-3-5-sonnet"),
+        sum(metric(api, "http_requests_total", status=s, model="claude-3-5-sonnet") for s in ("2xx", "4xx", "5xx")),
+    )
+    clock.advance(600)
+    failed_after = metric(api, "http_requests_total", status="5xx", model="claude-3-5-sonnet")
+    served_after = sum(
+        metric(api, "http_requests_total", status=s, model="claude-3-5-sonnet") for s in ("2xx", "4xx", "5xx")
+    )
+    assert (failed_after - failed) / (served_after - served) == pytest.approx(0.3, abs=0.02)
+    assert api.get("/health").json()["status"] == "degraded"
+    assert "error_rate_spike" in {a["kind"] for a in api.get("/api/v1/analytics/anomalies").json()["anomalies"]}
+
+
+def test_service_down(api: httpx.Client, admin: httpx.Client) -> None:
+    set_faults(admin, service_down=True)
+    response = api.get("/health")
+    assert response.status_code == 503 and response.json()["status"] == "unhealthy"
+    check_documented("GET", "/health", response)
+    assert api.head("/health").status_code == 503
+    assert api.get("/api/v2/summary.json").json()["status"]["indicator"] == "critical"
+    set_faults(admin, service_down=False)
+    assert api.get("/health").status_code == 200 and api.head("/health").status_code == 200
+
+
+def test_latency_fault(api: httpx.Client, admin: httpx.Client) -> None:
+    before = {m["name"]: m["avg_latency"] for m in api.get("/api/v1/analytics/latency?window=1h").json()["models"]}
+    p95 = metric(api, "http_response_time_seconds", quantile="0.95")
+    set_faults(admin, latency_ms=4000)
+    after = {m["name"]: m["avg_latency"] for m in api.get("/api/v1/analytics/latency?window=1h").json()["models"]}
+    assert all(after[n] == pytest.approx(before[n] + 4000) for n in MODEL_NAMES)
+    assert metric(api, "http_response_time_seconds", quantile="0.95") > p95 + 4
+    assert {m["status"] for m in api.get("/api/v1/models").json()["models"]} == {"degraded"}
+
+
+def test_memory_growth_fault(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    rss, heap = metric(api, "process_resident_memory_bytes"), metric(api, "nodejs_heap_used_bytes")
+    set_faults(admin, memory_growth_mb_per_min=50)
+    clock.advance(600)
+    assert metric(api, "process_resident_memory_bytes") - rss == pytest.approx(500 * 2**20, rel=0.01)
+    assert metric(api, "nodejs_heap_used_bytes") - heap == pytest.approx(500 * 2**20, rel=0.01)
+    assert metric(api, "nodejs_heap_size_total_bytes") > metric(api, "nodejs_heap_used_bytes")
+
+
+def test_leaked_key(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    key_id, user_id = some_key(api)
+    assert all(u["requests"] < 1000 for u in api.get("/api/v1/analytics/top-users?hours=24").json()["users"])
+    set_faults(admin, leaked_key_id=key_id)
+    top = api.get("/api/v1/analytics/top-users?hours=24").json()["users"][0]
+    assert top["user_id"] == user_id and top["requests"] > 1000
+    anomalies = api.get("/api/v1/analytics/anomalies?hours=24").json()["anomalies"]
+    assert any(a["kind"] == "api_key_traffic_spike" and a["api_key_id"] == key_id for a in anomalies)
+    events = api.get("/api/v1/security/events").json()["events"]
+    assert sum(e["api_key_id"] == key_id and e["type"] == "threat" for e in events) >= 10
+    assert admin.get(f"/admin/api-keys/{key_id}/usage?hours=24").json()["requests"] > 1000
+
+    admin.delete(f"/admin/api-keys/{key_id}").raise_for_status()  # the runbook: revoke, then look again
+    clock.advance(2 * 3600)
+    usage = admin.get(f"/admin/api-keys/{key_id}/usage?hours=1").json()
+    assert usage["revoked"] and usage["requests"] == 0
+    audit = admin.post("/admin/audit/search", json={"api_key_id": key_id, "hours": 72}).json()["events"]
+    actions = {e["action"] for e in audit}
+    assert {"api_key.revoke", "security.threat"} <= actions and all(e["api_key_id"] == key_id for e in audit)
+
+
+def test_fault_update_is_partial_and_validated(admin: httpx.Client) -> None:
+    set_faults(admin, error_rate=0.2)
+    faults = set_faults(admin, latency_ms=100)
+    assert faults["error_rate"] == 0.2 and faults["latency_ms"] == 100 and faults["active"]
+    assert admin.put("/_sandbox/faults", json={"leaked_key_id": "key_nope"}).status_code == 422
+    assert admin.put("/_sandbox/faults", json={"models_down": ["gpt-5"]}).status_code == 422
+    assert admin.put("/_sandbox/faults", json={"error_rate": 1.5}).status_code == 422
+    assert admin.delete("/_sandbox/faults").json()["active"] is False
+
+
+# ---- admin mutations show on the public endpoints ---------------------------------------------------
+
+
+def test_disable_and_enable_model(api: httpx.Client, admin: httpx.Client) -> None:
+    assert admin.post("/admin/models/qwen/disable").json()["status"] == "disabled"
+    assert model(api, "qwen")["status"] == "disabled"
+    assert metric(api, "ai_model_up", model="qwen") == 0
+    assert distribution(api)["qwen"] == 0
+    assert admin.get("/admin/models/qwen/config").json()["enabled"] is False
+    admin.post("/admin/models/qwen/enable").raise_for_status()
+    assert model(api, "qwen")["status"] == "active" and distribution(api)["qwen"] > 0
+
+
+def test_weights_and_algorithm(api: httpx.Client, admin: httpx.Client) -> None:
+    config = admin.patch("/admin/load-balancer/weights", json={"gpt-4": 0.05, "deepseek": 0.5}).json()
+    assert config["weights"]["gpt-4"] == 0.05 and config["weights"]["qwen"] == 0.08  # others unchanged
+    assert api.get("/api/v1/load-balancer/config").json()["weights"] == config["weights"]
+    shares = distribution(api)
+    assert shares["deepseek"] > shares["gpt-4"] and sum(shares.values()) == pytest.approx(1, abs=1e-3)
+    for bad in ({"gpt-4": 1.5}, {"gpt-5": 0.1}, {}, {"gpt-4": "heavy"}):
+        assert admin.patch("/admin/load-balancer/weights", json=bad).status_code == 422, bad
+
+    admin.patch(
+        "/admin/load-balancer/config", json={"algorithm": "round_robin", "reset_stats": True}
+    ).raise_for_status()
+    stats = api.get("/api/v1/load-balancer/stats").json()
+    assert stats["algorithm"] == "round_robin" and stats["total_requests"] == 0
+    assert set(stats["model_distribution"].values()) == {round(1 / len(MODEL_NAMES), 4)}
+
+
+def test_circuit_breaker_open_reset_and_expiry(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    opened = admin.post("/admin/circuit-breaker", json={"model": "gemini-pro", "action": "open", "duration": 300})
+    assert opened.json()["state"] == "OPEN"
+    assert breaker(api, "gemini-pro")["state"] == "OPEN" and distribution(api)["gemini-pro"] == 0
+    lb = api.get("/api/v1/load-balancer/status").json()
+    assert (
+        lb["status"] == "degraded"
+        and {"model": "gemini-pro", "state": "circuit_open"}.items()
+        <= next(b for b in lb["backends"] if b["model"] == "gemini-pro").items()
+    )
+    assert admin.post("/admin/load-balancer/circuit-breakers/gemini-pro/reset").json()["state"] == "CLOSED"
+    assert breaker(api, "gemini-pro")["state"] == "CLOSED"
+
+    admin.post("/admin/circuit-breaker", json={"model": "qwen", "action": "open", "duration": 300}).raise_for_status()
+    clock.advance(301)  # healthy model: HALF_OPEN when the duration ends, CLOSED after the next good check
+    assert breaker(api, "qwen")["state"] == "CLOSED"
+    admin.post("/admin/circuit-breaker", json={"model": "qwen", "action": "open"}).raise_for_status()
+    closed = admin.post("/admin/circuit-breaker", json={"model": "qwen", "action": "close"}).json()
+    assert closed["state"] == "CLOSED"
+
+
+def test_circuit_breaker_config(admin: httpx.Client, api: httpx.Client, clock: FakeClock) -> None:
+    patched = admin.patch("/admin/load-balancer/circuit-breakers/config", json={"failure_threshold": 2})
+    assert patched.json() == {"failure_threshold": 2, "timeout": 30000, "retry_timeout": 60000}
+    assert admin.get("/admin/load-balancer/circuit-breakers/config").json()["failure_threshold"] == 2
+    set_faults(admin, models_down=["deepseek"])
+    clock.advance(10)  # two failed checks are now enough
+    assert breaker(api, "deepseek")["state"] == "OPEN"
+    assert admin.patch("/admin/load-balancer/circuit-breakers/config", json={"failure_threshold": 0}).status_code == 422
+
+
+def test_model_config_fallback_and_endpoint(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    admin.patch("/admin/models/gpt-4/config", json={"timeout": 45000, "retry_attempts": 2}).raise_for_status()
+    configs = {c["name"]: c for c in admin.get("/admin/models/config").json()}
+    assert configs["gpt-4"]["timeout"] == 45000 and configs["gpt-4"]["retry_attempts"] == 2
+    assert configs["gpt-4"]["api_key_status"] == "valid"
+    set_faults(admin, models_down=["gpt-4"])
+    assert model(api, "gpt-4")["response_time"] == 45000  # a down model answers with its timeout
+
+    before = distribution(api)
+    fallback = admin.post(
+        "/admin/models/gpt-4/fallback", json={"fallback_model": "claude-3-5-sonnet", "duration": 1800}
+    )
+    assert fallback.json()["fallback_model"] == "claude-3-5-sonnet"
+    after = distribution(api)
+    assert after["gpt-4"] == 0 and after["claude-3-5-sonnet"] == pytest.approx(
+        before["claude-3-5-sonnet"] + before["gpt-4"], abs=1e-3
+    )
+    clock.advance(1801)
+    assert admin.get("/admin/models/gpt-4/config").json()["fallback_model"] is None
+
+    switched = admin.post("/admin/models/gpt-4/switch-endpoint", json={"region": "us-west-2"}).json()
+    assert switched["region"] == "us-west-2" and "us-west-2" in switched["endpoint"]
+    assert admin.post("/admin/models/gpt-4/reconnect").json()["ok"] is False  # still down
+    admin.delete("/_sandbox/faults").raise_for_status()
+    assert admin.post("/admin/models/gpt-4/reconnect").json()["ok"] is True
+
+
+def test_api_keys_revocation_is_idempotent(admin: httpx.Client, api: httpx.Client) -> None:
+    created = admin.post(
+        "/admin/api-keys", json={"user_id": "user-002", "name": "Replacement key", "permissions": ["read", "ai_query"]}
+    )
+    assert created.status_code == 201
+    key = created.json()
+    assert key["secret"].startswith(key["prefix"]) and key["revoked_at"] is None
+    assert (
+        key["id"]
+        in next(u for u in api.get("/api/v1/analytics/top-users").json()["users"] if u["user_id"] == "user-002")[
+            "api_key_ids"
+        ]
+    )
+    first = admin.delete(f"/admin/api-keys/{key['id']}")
+    second = admin.delete(f"/admin/api-keys/{key['id']}")
+    assert first.status_code == second.status_code == 200
+    assert first.json()["already_revoked"] is False and second.json()["already_revoked"] is True
+    assert first.json()["revoked_at"] == second.json()["revoked_at"]
+    missing = admin.delete("/admin/api-keys/key_unknown")
+    assert missing.status_code == 404 and "key_unknown" in missing.json()["detail"]
+    assert admin.get("/admin/api-keys/key_unknown/usage").status_code == 404
+    revocations = admin.post("/admin/audit/search", json={"api_key_id": key["id"]}).json()["events"]
+    assert [e["action"] for e in revocations] == ["api_key.create", "api_key.revoke"]
+
+
+def test_security_actions(api: httpx.Client, admin: httpx.Client) -> None:
+    ip = next(
+        e["source_ip"] for e in api.get("/api/v1/security/events").json()["events"] if e["type"] == "unauthorized"
+    )
+    admin.post(
+        "/admin/security/block-ip", json={"ip": ip, "duration": 3600, "reason": "brute force"}
+    ).raise_for_status()
+    limits = api.get("/api/v1/security/rate-limits").json()
+    assert [b["ip"] for b in limits["blocked_ips"]] == [ip]
+    assert any(
+        e["type"] == "blocked" and e["source_ip"] == ip for e in api.get("/api/v1/security/events").json()["events"]
+    )
+    admin.post("/admin/users/user-003/throttle", json={"rate_limit": 10, "duration": 3600}).raise_for_status()
+    assert api.get("/api/v1/security/rate-limits").json()["throttled_users"][0]["rate_limit"] == 10
+    assert admin.post("/admin/users/nobody/throttle", json={"rate_limit": 10}).status_code == 404
+    report = admin.post(
+        "/admin/security/generate-report",
+        json={"type": "unauthorized_access", "start_time": "2023-11-13T00:00:00Z", "end_time": "2023-11-15T00:00:00Z"},
+    ).json()
+    assert report["events_by_type"]["unauthorized"] >= 1 and report["blocked_ips"] == [ip]
+
+
+def test_audit_log_records_admin_mutations(admin: httpx.Client) -> None:
+    admin.post("/admin/models/qwen/disable").raise_for_status()
+    admin.patch("/admin/load-balancer/weights", json={"qwen": 0.2}).raise_for_status()
+    admin.post(
+        "/admin/optimization/cost-strategy", json={"strategy": "cost_efficient", "max_cost_per_request": 0.01}
+    ).raise_for_status()
+    admin.post("/admin/alerts/cost", json={"threshold": 1, "period": "daily", "action": "notify"}).raise_for_status()
+    events = admin.post("/admin/audit/search", json={"hours": 1}).json()["events"]
+    assert [e["action"] for e in events] == [
+        "model.disable",
+        "load_balancer.weights",
+        "optimization.cost_strategy",
+        "alerts.cost",
+    ]
+
+
+def test_cost_strategy_moves_traffic_to_cheap_models(api: httpx.Client, admin: httpx.Client) -> None:
+    admin.post(
+        "/admin/optimization/cost-strategy",
+        json={"strategy": "cost_efficient", "max_cost_per_request": 0.01, "prefer_models": ["claude-3-haiku"]},
+    ).raise_for_status()
+    shares = distribution(api)
+    assert shares["gpt-4"] == shares["claude-3-5-sonnet"] == 0  # above the cap
+    assert shares["claude-3-haiku"] == max(shares.values())
+    costs = api.get("/api/v1/analytics/costs?period=24h").json()
+    assert {m["name"]: m["requests"] for m in costs["models"]}["gpt-4"] == 0
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/admin/circuit-breaker", {"model": "gpt-4", "action": "explode"}),
+        ("POST", "/admin/circuit-breaker", {"model": "gpt-4", "action": "open", "duration": -1}),
+        ("POST", "/admin/circuit-breaker", {"model": "problematic-model", "action": "open"}),
+        ("POST", "/admin/circuit-breaker", None),
+        ("PATCH", "/admin/models/gpt-4/config", {"timeout": "slow"}),
+        ("PATCH", "/admin/models/gpt-4/config", {"timeuot": 100}),
+        ("POST", "/admin/models/gpt-4/fallback", {"fallback_model": "gpt-4"}),
+        ("POST", "/admin/models/gpt-4/switch-endpoint", {"region": "mars"}),
+        ("POST", "/admin/security/block-ip", {"ip": "999.1.1.1", "reason": "x"}),
+        (
+            "POST",
+            "/admin/security/generate-report",
+            {"type": "full", "start_time": "2024-01-02T00:00:00Z", "end_time": "2024-01-01T00:00:00Z"},
+        ),
+        ("POST", "/admin/api-keys", {"name": "no user"}),
+        ("POST", "/admin/api-keys", {"user_id": "u", "name": "k", "permissions": ["root"]}),
+        ("POST", "/admin/audit/search", {"hours": 0}),
+        ("POST", "/admin/alerts/cost", {"threshold": 100, "period": "daily", "action": "panic"}),
+        ("GET", "/admin/api-keys/key_x/usage?hours=0", None),
+        ("GET", "/api/v1/analytics/latency?window=forever", None),
+        ("GET", "/api/v1/analytics/top-users?hours=-3", None),
+    ],
+)
+def test_invalid_input_is_422(method: str, path: str, body: Any, admin: httpx.Client) -> None:
+    response = admin.request(method, path, json=body)
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+
+
+def test_malformed_json_is_422(admin: httpx.Client) -> None:
+    response = admin.post("/admin/circuit-breaker", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/models/gpt-5/health"),
+        ("GET", "/api/v1/models/gpt-5/test"),
+        ("POST", "/admin/models/gpt-5/disable"),
+        ("GET", "/admin/models/gpt-5/config"),
+        ("POST", "/admin/load-balancer/circuit-breakers/gpt-5/reset"),
+    ],
+)
+def test_unknown_model_is_404(method: str, path: str, admin: httpx.Client) -> None:
+    response = admin.request(method, path)
+    assert response.status_code == 404 and "gpt-5" in response.json()["detail"]
+
+
+# ---- construction -----------------------------------------------------------------------------------
+
+
+def test_state_is_deterministic_for_a_seed() -> None:
+    def snapshot(seed: int) -> tuple[str, str]:
+        state = PlatformState(seed, clock=lambda: START)
+        return state.metrics(), state.model_list().model_dump_json() + state.top_users(24).model_dump_json()
+
+    assert snapshot(7) == snapshot(7)
+    assert snapshot(7) != snapshot(8)
+
+
+def test_module_app_is_built_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    vars(app_module).pop("app", None)
+    try:
+        with pytest.raises(RuntimeError, match=f"{ADMIN_TOKEN_ENV} is not set"):
+            getattr(app_module, "app")  # noqa: B009 - the attribute is built on first access
+        monkeypatch.setenv(ADMIN_TOKEN_ENV, TOKEN)
+        built = getattr(app_module, "app")  # noqa: B009
+        assert built is getattr(app_module, "app")  # noqa: B009 - built once
+        assert built.state.platform.model_list().models
+    finally:
+        vars(app_module).pop("app", None)
+
+
+def test_uvicorn_refuses_to_start_without_the_token() -> None:
+    env = {k: v for k, v in os.environ.items() if k != ADMIN_TOKEN_ENV}
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "sandbox.platform_api.app:app", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode != 0 and f"{ADMIN_TOKEN_ENV} is not set" in done.stderr
