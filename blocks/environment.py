@@ -35,9 +35,7 @@ class RunbookEnvironment(RunbookBlock):
 
     _block_type_name = "Runbooks Environment"
 
-    kind: EnvironmentKind = Field(
-        description="Which kind of environment this is; only sandbox defaults to live runs."
-    )
+    kind: EnvironmentKind = Field(description="Which kind of environment this is; only sandbox defaults to live runs.")
     platform: PlatformAPI
     postgres: PostgresDatabase
     redis: RedisDatabase

@@ -31,6 +31,6 @@ class KubernetesCluster(RunbookBlock):
         description="Namespace of the platform's workloads.",
     )
 
-    def get_client(self, client_type: Literal["apps", "batch", "core", "custom_objects"]):  # type: ignore[no-untyped-def]
+    def get_client(self, client_type: Literal["apps", "batch", "core", "custom_objects"]):
         """An async context manager yielding a kubernetes-asyncio API client of that type."""
         return self.credentials.get_client(client_type)

@@ -32,9 +32,7 @@ class SlackNotifier(RunbookBlock):
     _block_type_name = "Runbooks Slack"
 
     webhook_url: SecretStr = Field(description="Incoming webhook URL (it is itself a secret).")
-    bot_token: SecretStr | None = Field(
-        default=None, description="Bot token (xoxb-...) for chat.postMessage."
-    )
+    bot_token: SecretStr | None = Field(default=None, description="Bot token (xoxb-...) for chat.postMessage.")
     api_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("https://slack.com/api"),
         description="Slack Web API base URL (override for tests).",
@@ -53,9 +51,7 @@ class SlackNotifier(RunbookBlock):
         headers = {"User-Agent": "runbooks"}
         if self.bot_token is not None:
             headers["Authorization"] = f"Bearer {self.bot_token.get_secret_value()}"
-        return httpx.AsyncClient(
-            base_url=str(self.api_url).rstrip("/") + "/", headers=headers, timeout=self.timeout_s
-        )
+        return httpx.AsyncClient(base_url=str(self.api_url).rstrip("/") + "/", headers=headers, timeout=self.timeout_s)
 
 
 class PagerDutyNotifier(RunbookBlock):

@@ -24,9 +24,7 @@ class PlatformAPI(RunbookBlock):
 
     base_url: AnyHttpUrl = Field(description="Base URL of the platform API, e.g. https://api.example.com.")
     admin_token: SecretStr = Field(description="Bearer token for the /admin endpoints.")
-    status_page_url: AnyHttpUrl = Field(
-        description="Base URL of the public status page (serves /api/v2/summary.json)."
-    )
+    status_page_url: AnyHttpUrl = Field(description="Base URL of the public status page (serves /api/v2/summary.json).")
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout in seconds.")
 
     def get_client(self, *, admin: bool = True) -> httpx.AsyncClient:

@@ -43,7 +43,7 @@ class PostgresDatabase(RunbookBlock):
 
     def conninfo(self, **overrides: str | int) -> str:
         """The DSN with overrides applied (e.g. another ``dbname``); contains the password: never log it."""
-        return make_conninfo(self.dsn.get_secret_value(), **overrides)  # type: ignore[arg-type]
+        return make_conninfo(self.dsn.get_secret_value(), **overrides)
 
     @property
     def dbname(self) -> str:

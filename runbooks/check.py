@@ -84,9 +84,7 @@ def _probes(env: RunbookEnvironment) -> dict[str, Callable[[], Awaitable[str]]]:
     if slack is not None:
         probes[slack.display_name] = lambda: _url(slack.display_name, "api_url", str(slack.api_url))
     if pagerduty is not None:
-        probes[pagerduty.display_name] = lambda: _url(
-            pagerduty.display_name, "events_url", str(pagerduty.events_url)
-        )
+        probes[pagerduty.display_name] = lambda: _url(pagerduty.display_name, "events_url", str(pagerduty.events_url))
     if opsgenie is not None:
         probes[opsgenie.display_name] = lambda: _url(opsgenie.display_name, "api_url", str(opsgenie.api_url))
     return probes

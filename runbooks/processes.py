@@ -36,9 +36,7 @@ def spawn_daemon(
                 start_new_session=True,
             )
         except FileNotFoundError as err:
-            raise ProcessError(
-                f"cannot start {argv[0]!r}: not found", hint="is it installed and on PATH?"
-            ) from err
+            raise ProcessError(f"cannot start {argv[0]!r}: not found", hint="is it installed and on PATH?") from err
     return proc.pid
 
 

@@ -56,25 +56,25 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
         kind="sandbox",
         platform=PlatformAPI(
             base_url=platform_url,
-            admin_token=secrets["platform_admin_token"],  # type: ignore[arg-type]
+            admin_token=secrets["platform_admin_token"],
             status_page_url=platform_url,
-        ),  # type: ignore[arg-type]
-        postgres=PostgresDatabase(dsn=PostgresComponent(settings, state).app_dsn()),  # type: ignore[arg-type]
-        redis=RedisDatabase(url=RedisComponent(settings, state).url()),  # type: ignore[arg-type]
+        ),
+        postgres=PostgresDatabase(dsn=PostgresComponent(settings, state).app_dsn()),
+        redis=RedisDatabase(url=RedisComponent(settings, state).url()),
         backups=S3Bucket(bucket_name=settings.bucket, credentials=credentials),
         slack=SlackNotifier(
-            webhook_url=f"{receivers}/slack/webhook/{secrets['slack_webhook_token']}",  # type: ignore[arg-type]
-            bot_token=secrets["slack_bot_token"],  # type: ignore[arg-type]
-            api_url=f"{receivers}/slack/api",  # type: ignore[arg-type]
+            webhook_url=f"{receivers}/slack/webhook/{secrets['slack_webhook_token']}",
+            bot_token=secrets["slack_bot_token"],
+            api_url=f"{receivers}/slack/api",
         ),
         pagerduty=PagerDutyNotifier(
-            routing_key=secrets["pagerduty_routing_key"],  # type: ignore[arg-type]
+            routing_key=secrets["pagerduty_routing_key"],
             events_url=f"{receivers}/pagerduty/v2/enqueue",
-        ),  # type: ignore[arg-type]
+        ),
         opsgenie=OpsgenieNotifier(
-            api_key=secrets["opsgenie_api_key"],  # type: ignore[arg-type]
+            api_key=secrets["opsgenie_api_key"],
             api_url=f"{receivers}/opsgenie",
-        ),  # type: ignore[arg-type]
+        ),
     )
 
 

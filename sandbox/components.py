@@ -342,7 +342,7 @@ class RedisComponent(Component):
         kind = "embedded" if record.get("embedded") else "server"
         from blocks.redis import RedisDatabase
 
-        safe = "redis://" + RedisDatabase(url=url).safe_address  # type: ignore[arg-type]
+        safe = "redis://" + RedisDatabase(url=url).safe_address
         try:
             info = redis.Redis.from_url(url, socket_connect_timeout=2).info()
         except redis.RedisError as err:

@@ -59,9 +59,7 @@ class Sandbox:
             statuses.append(status)
         return statuses
 
-    def down(
-        self, only: Iterable[str] | None = None, progress: Callable[[str], None] = lambda _: None
-    ) -> None:
+    def down(self, only: Iterable[str] | None = None, progress: Callable[[str], None] = lambda _: None) -> None:
         errors = []
         for component in reversed(self.components(only)):
             progress(f"stopping {component.name} ...")

@@ -173,9 +173,7 @@ def _app_from_env() -> FastAPI:
     names = ("SLACK_WEBHOOK_TOKEN", "SLACK_BOT_TOKEN", "PAGERDUTY_ROUTING_KEY", "OPSGENIE_API_KEY")
     missing = [n for n in names if not os.environ.get(f"RUNBOOKS_RECEIVER_{n}")]
     if missing:
-        raise RuntimeError(
-            f"set RUNBOOKS_RECEIVER_{missing[0]} (start the receivers with `runbooks sandbox up`)"
-        )
+        raise RuntimeError(f"set RUNBOOKS_RECEIVER_{missing[0]} (start the receivers with `runbooks sandbox up`)")
     return create_app(**{n.lower(): os.environ[f"RUNBOOKS_RECEIVER_{n}"] for n in names})
 
 
