@@ -43,6 +43,12 @@ class SandboxSettings(BaseSettings):
     receivers_port: int = 8101
     prefect_port: int = 4200
     work_pool: str = "sandbox-process"
+    # Kubernetes control plane (etcd uses k8s_etcd_port and the next one; controller-manager/scheduler +10/+11)
+    k8s_api_port: int = 6443
+    k8s_etcd_port: int = 12379
+    k8s_kubelet_port: int = 10250
+    k8s_metrics_port: int = 4443
+    k8s_service_cidr: str = "127.64.0.0/16"
     startup_timeout_s: float = 90.0
 
     def url(self, port: int, path: str = "") -> str:

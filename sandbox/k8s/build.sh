@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Build the Kubernetes control plane (kube-apiserver, kube-controller-manager, kube-scheduler) from Debian 12's
+# source package, once per machine, into a cache outside the repository keyed by version. etcd and kubectl come
+# from Debian's packages. Prints the bin directory on its last line. Nothing is built when the cache is complete.
+set -euo pipefail
+
+VERSION="${RUNBOOKS_K8S_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
+CACHE="${RUNBOOKS_CACHE:-$HOME/.cache/runbooks}/kubernetes/${VERSION}"
+BIN="$CACHE/bin"
+WANT=(kube-apiserver kube-controller-manager kube-scheduler)
+
+complete() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
+
+need_apt=()
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubectl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if complete && [ ${#need_apt[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
+
+export DEBIAN_FRONTEND=noninteractive
+if ! complete; then
+  need_apt+=(golang-1.19-go rsync dpkg-dev make)
+  if ! grep -rqs "deb-src" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+    cat > /etc/apt/sources.list.d/runbooks-deb-src.sources <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  fi
+fi
+apt-get update -qq >&2
+apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+
+if ! complete; then
+  SRC="$CACHE/src"
+  rm -rf "$SRC" && mkdir -p "$SRC"
+  (cd "$SRC" && apt-get source -qq --download-only "kubernetes=$VERSION" >&2 && dpkg-source -x --no-check ./*.dsc tree >&2)
+  export PATH="/usr/lib/go-1.19/bin:$PATH" GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 GOCACHE="$CACHE/gocache"
+  (cd "$SRC/tree" && nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >&2)
+  mkdir -p "$BIN"
+  for b in "${WANT[@]}"; do cp "$SRC/tree/_output/local/bin/linux/amd64/$b" "$BIN/$b" 2>/dev/null \
+    || cp "$(find "$SRC/tree/_output" -type f -name "$b" | head -n1)" "$BIN/$b"; done
+  rm -rf "$SRC" "$CACHE/gocache"
+fi
+complete
+echo "$BIN"
