@@ -133,6 +133,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if state is not None and state.is_completed() else 1
 
 
+# ------------------------------------------------------------------------------------------------ gateway
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runbooks.gateway.app import GatewaySettings, create_app
+
+    settings = GatewaySettings()
+    if not os.environ.get("RUNBOOKS_GATEWAY_PREFECT_API_URL"):
+        settings.prefect_api_url = _prefect_api_url()
+    try:
+        app = create_app(settings)
+    except ValueError as err:
+        raise ConfigurationError("gateway", "RUNBOOKS_GATEWAY_TOKEN", str(err)) from err
+    _say(f"alert gateway on http://{args.host}:{args.port} -> Prefect {settings.prefect_api_url}")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runbooks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--timeout", type=float, default=900.0)
     rn.add_argument("--no-wait", action="store_true")
     rn.set_defaults(func=cmd_run)
+
+    gw = sub.add_parser("gateway", help="the alert gateway (Alertmanager, Grafana, generic JSON)")
+    gw_sub = gw.add_subparsers(dest="action", required=True)
+    serve = gw_sub.add_parser("serve", help="serve until interrupted")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8102)
+    gw.set_defaults(func=cmd_gateway)
     return parser
 
 
