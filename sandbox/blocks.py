@@ -53,6 +53,7 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
         aws_client_parameters=AwsClientParameters(endpoint_url=settings.url(settings.s3_port)),
     )
     return RunbookEnvironment(
+        kubernetes=_kubernetes(settings, state),
         kind="sandbox",
         platform=PlatformAPI(
             base_url=platform_url,
@@ -78,16 +79,30 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
     )
 
 
+def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesCluster | None:
+    """The cluster the sandbox started (or the user's, via KUBECONFIG), if the component is up."""
+    from pathlib import Path
+
+    kubeconfig = state.get("kubernetes").get("kubeconfig")
+    if not kubeconfig or not Path(kubeconfig).exists():
+        return None
+    config = KubernetesClusterConfig.from_file(Path(kubeconfig))
+    return KubernetesCluster(credentials=KubernetesCredentials(cluster_config=config), namespace="production")
+
+
 async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:
     """Save every child block under ``name`` first, then the environment that references them."""
     saved = []
+    k8s = env.kubernetes
     children: list[Block | None] = [
         env.platform,
         env.postgres,
         env.redis,
         env.backups.credentials,
         env.backups,
-        env.kubernetes,
+        k8s.credentials.cluster_config if k8s else None,
+        k8s.credentials if k8s else None,
+        k8s,
         env.slack,
         env.pagerduty,
         env.opsgenie,

@@ -18,6 +18,7 @@ from sandbox.components import (
     S3Component,
 )
 from sandbox.config import SandboxSettings, SandboxState
+from sandbox.k8s.controlplane import KubernetesComponent
 
 #: In start order; they stop in reverse. The Kubernetes control plane slots in before the worker.
 COMPONENTS: tuple[type[Component], ...] = (
@@ -26,6 +27,7 @@ COMPONENTS: tuple[type[Component], ...] = (
     S3Component,
     PlatformComponent,
     ReceiversComponent,
+    KubernetesComponent,
     PrefectServerComponent,
     PrefectWorkerComponent,
 )

@@ -162,3 +162,34 @@ async def get_status_page(platform: PlatformAPI) -> StatusPageSummary:
         description=body["status"]["description"],
         open_incidents=len(unresolved),
     )
+
+
+class AdminResult(BaseModel):
+    action: str
+    target: str
+    response: dict[str, object] = Field(default_factory=dict)
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def open_circuit_breaker(platform: PlatformAPI, model: str, duration_s: int = 300) -> AdminResult:
+    """``POST /admin/circuit-breaker {"model", "action": "open", "duration"}``: opening an open breaker is a no-op."""
+    async with platform.get_client() as client:
+        response = await platform_request(
+            client, "POST", "/admin/circuit-breaker", json={"model": model, "action": "open", "duration": duration_s}
+        )
+    return AdminResult(action="open_circuit_breaker", target=model, response=response.json())
+
+
+@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+async def set_model_fallback(
+    platform: PlatformAPI, model: str, fallback_model: str, duration_s: int = 1800
+) -> AdminResult:
+    """``POST /admin/models/{model}/fallback``: send the model's traffic to ``fallback_model`` for a while."""
+    async with platform.get_client() as client:
+        response = await platform_request(
+            client,
+            "POST",
+            f"/admin/models/{model}/fallback",
+            json={"fallback_model": fallback_model, "duration": duration_s},
+        )
+    return AdminResult(action="set_model_fallback", target=model, response=response.json())

@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# the suite runs against the sandbox's own cluster, never a cluster the developer's KUBECONFIG points at
+os.environ.pop("KUBECONFIG", None)
 
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from blocks.kubernetes import KubernetesCluster  # noqa: E402
 from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
 
 TEST_ENVIRONMENT = "sandbox-test"
-SERVICES = ["postgres", "redis", "s3", "platform", "receivers"]
+SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes"]
 
 
 def free_port() -> int:
@@ -54,6 +57,10 @@ def make_settings(home: Path, **overrides: object) -> SandboxSettings:
         "platform_port": free_port(),
         "receivers_port": free_port(),
         "prefect_port": free_port(),
+        "k8s_api_port": free_port(),
+        "k8s_etcd_port": free_port(),
+        "k8s_kubelet_port": free_port(),
+        "k8s_metrics_port": free_port(),
         "startup_timeout_s": 60.0,
     }
     values.update(overrides)
@@ -109,3 +116,19 @@ def platform_admin(sandbox: Sandbox) -> Iterator[tuple[str, dict[str, str]]]:
     httpx.post(f"{url}/_sandbox/reset", headers=headers).raise_for_status()
     yield url, headers
     httpx.post(f"{url}/_sandbox/reset", headers=headers).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def kubernetes_cluster(sandbox: Sandbox) -> KubernetesCluster:
+    """The sandbox's real Kubernetes API server, as the flows see it (RBAC-bound token), namespace production."""
+    from blocks.environment import RunbookEnvironment
+
+    env = RunbookEnvironment.load(TEST_ENVIRONMENT)
+    assert env.kubernetes is not None, "the sandbox fixture did not bring Kubernetes up"
+    return env.kubernetes
+
+
+@pytest.fixture(scope="session")
+def admin_kubeconfig(sandbox: Sandbox) -> Path:
+    """Cluster-admin kubeconfig, for test set-up only (product code uses the flows' credentials)."""
+    return Path(sandbox.state.get("kubernetes")["admin_kubeconfig"])

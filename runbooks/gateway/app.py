@@ -188,7 +188,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return {"status": "ok", "pending_events": await asyncio.to_thread(store.pending)}
 
     @app.get("/incidents")
-    async def incidents(status: str | None = None) -> list[dict[str, Any]]:
+    async def incidents(request: Request, status: str | None = None) -> list[dict[str, Any]]:
+        _authenticate(settings, store, request, b"")
         return await asyncio.to_thread(store.incidents, status)
 
     return app

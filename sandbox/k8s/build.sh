@@ -5,7 +5,10 @@
 set -euo pipefail
 
 VERSION="${RUNBOOKS_K8S_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}"
-CACHE="${RUNBOOKS_CACHE:-$HOME/.cache/runbooks}/kubernetes/${VERSION}"
+# The vendored modern-go/reflect2 1.0.1 crashes the API server (SIGSEGV in UnsafeMapType.UnsafeIterate) when it is
+# built with Go >= 1.18, as soon as a custom resource is stored; Debian's reflect2 1.0.2 replaces it before the build.
+PATCHES="reflect2-1.0.2"
+CACHE="${RUNBOOKS_CACHE:-$HOME/.cache/runbooks}/kubernetes/${VERSION}+${PATCHES}"
 BIN="$CACHE/bin"
 WANT=(kube-apiserver kube-controller-manager kube-scheduler)
 
@@ -19,7 +22,7 @@ if complete && [ ${#need_apt[@]} -eq 0 ]; then echo "$BIN"; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
 if ! complete; then
-  need_apt+=(golang-1.19-go rsync dpkg-dev make)
+  need_apt+=(golang-1.19-go rsync dpkg-dev make golang-github-modern-go-reflect2-dev)
   if ! grep -rqs "deb-src" /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
     cat > /etc/apt/sources.list.d/runbooks-deb-src.sources <<'SRC'
 Types: deb-src
@@ -43,6 +46,10 @@ if ! complete; then
   SRC="$CACHE/src"
   rm -rf "$SRC" && mkdir -p "$SRC"
   (cd "$SRC" && apt-get source -qq --download-only "kubernetes=$VERSION" >&2 && dpkg-source -x --no-check ./*.dsc tree >&2)
+  vendored="$SRC/tree/vendor/github.com/modern-go/reflect2"
+  rm -rf "$vendored" && mkdir -p "$vendored"
+  cp -r /usr/share/gocode/src/github.com/modern-go/reflect2/. "$vendored/"
+  rm -rf "$vendored"/*_test.go "$vendored/go.mod" "$vendored/go.sum" "$vendored/test" "$vendored/tests" "$vendored/debian"
   export PATH="/usr/lib/go-1.19/bin:$PATH" GOFLAGS=-mod=vendor GOPROXY=off CGO_ENABLED=0 GOCACHE="$CACHE/gocache"
   (cd "$SRC/tree" && nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler" >&2)
   mkdir -p "$BIN"

@@ -74,8 +74,8 @@ class KubernetesComponent(Component):
 
     @property
     def metrics_ip(self) -> str:
-        """The fixed ClusterIP of the metrics-server Service: the aggregator dials it; the node agent listens on
-        it (the service range is inside 127.0.0.0/8, so no kube-proxy is needed to reach it)."""
+        """The loopback address the node agent serves metrics.k8s.io on (the metrics-server ExternalName Service
+        names it; any 127.0.0.0/8 address is local, so no kube-proxy is needed)."""
         return str(ipaddress.ip_network(self.settings.k8s_service_cidr)[20])
 
     @property

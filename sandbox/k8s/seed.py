@@ -164,13 +164,20 @@ def bootstrap(admin: AdminClient) -> None:
 
 
 def metrics_api(admin: AdminClient, *, cluster_ip: str, port: int, ca_pem: bytes) -> None:
-    """metrics.k8s.io served by the node agent, through the aggregator, at a fixed ClusterIP."""
+    """metrics.k8s.io served by the node agent, through the aggregator. The Service is an ExternalName naming the
+    loopback address the agent listens on: a ClusterIP Service would need Endpoints, and Endpoints refuse loopback
+    addresses; the aggregator dials the external name and verifies the serving certificate against the Service's
+    DNS name (metrics-server.kube-system.svc)."""
     admin.create(
         {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": "metrics-server", "namespace": "kube-system", "labels": {"k8s-app": "metrics-server"}},
-            "spec": {"clusterIP": cluster_ip, "ports": [{"name": "https", "port": port, "targetPort": port}]},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": cluster_ip,
+                "ports": [{"name": "https", "port": port, "targetPort": port}],
+            },
         }
     )
     admin.create(

@@ -53,6 +53,10 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         "platform_port",
         "receivers_port",
         "prefect_port",
+        "k8s_api_port",
+        "k8s_etcd_port",
+        "k8s_kubelet_port",
+        "k8s_metrics_port",
     ):
         env[f"RUNBOOKS_SANDBOX_{field.upper()}"] = str(getattr(settings, field))
 
@@ -67,6 +71,7 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         )
 
     redis.Redis.from_url(settings.redis_url).flushdb()
+    pids: list[int] = []
     try:
         up = runbooks("sandbox", "up")
         assert up.returncode == 0, up.stderr[-3000:]
@@ -86,8 +91,11 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Completed" in run.stderr and f":{settings.prefect_port}/runs/flow-run/" in run.stderr
 
-        pids = [int(r["pid"]) for r in json.loads((settings.home / "state.json").read_text()).values() if r.get("pid")]
-        assert len(pids) >= 5
+        records = json.loads((settings.home / "state.json").read_text()).values()
+        pids = [int(r["pid"]) for r in records if r.get("pid")]
+        pids += [int(pid) for r in records for pid in (r.get("pids") or {}).values()]
+        assert len(pids) >= 10  # moto, 2 uvicorns, prefect, worker, etcd, 3 control-plane binaries, node agent
+        assert "export KUBECONFIG=" in exports
     finally:
         down = runbooks("sandbox", "down")
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)

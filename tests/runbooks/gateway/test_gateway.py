@@ -71,6 +71,8 @@ def test_bearer_token(gateway: Any) -> None:
     ok = httpx.post(f"{url}/alerts/alertmanager", json=alertmanager(), headers=BEARER)
     assert ok.status_code == 202 and ok.json()["incidents"][0]["action"] == "opened"
     assert len(app.state.store.incidents()) == 1
+    assert httpx.get(f"{url}/incidents").status_code == 401
+    assert [i["status"] for i in httpx.get(f"{url}/incidents", headers=BEARER).json()] == ["open"]
 
 
 def test_hmac_signature_window_and_replay(gateway: Any) -> None:

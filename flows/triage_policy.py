@@ -1,0 +1,100 @@
+"""The triage policy (flows/triage_policy.yaml): severity from facts, escalation, mitigation rules."""
+
+from __future__ import annotations
+
+import operator
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+Severity = Literal["P0", "P1", "P2", "P3"]
+Action = Literal["rollback", "restart", "scale_out", "open_circuit_breaker"]
+POLICY_PATH = Path(__file__).with_name("triage_policy.yaml")
+
+_OPS: dict[str, Any] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "in": lambda a, b: a in b,
+}
+
+
+class Condition(BaseModel):
+    fact: str
+    op: Literal["==", "!=", ">", ">=", "<", "<=", "in"]
+    value: Any
+
+    def holds(self, facts: dict[str, Any]) -> bool:
+        value = facts.get(self.fact)
+        if value is None:
+            return False
+        try:
+            return bool(_OPS[self.op](value, self.value))
+        except TypeError:
+            return False
+
+
+class SeverityRule(BaseModel):
+    severity: Severity
+    any: list[Condition] = Field(min_length=1)
+
+
+class Escalation(BaseModel):
+    response: str
+    slack: str
+    pagerduty: str | None
+    opsgenie: str | None
+    contacts: list[str]
+
+
+class MitigationRule(BaseModel):
+    allowed: bool
+    approval: bool
+
+
+class Mitigation(BaseModel):
+    P0: MitigationRule
+    P1: MitigationRule
+    P2: MitigationRule
+    P3: MitigationRule
+    recent_rollout_s: int = 7200
+    scale_out_replicas: int = 10
+    circuit_breaker_duration_s: int = 300
+    fallback_model: str
+
+    def for_severity(self, severity: Severity) -> MitigationRule:
+        rule: MitigationRule = getattr(self, severity)
+        return rule
+
+
+class AlertBranch(BaseModel):
+    mitigations: list[Action]
+
+
+class TriagePolicy(BaseModel):
+    severity_rules: list[SeverityRule]
+    escalation: dict[Severity, Escalation]
+    mitigation: Mitigation
+    alerts: dict[str, AlertBranch]
+
+    def severity(self, facts: dict[str, Any]) -> tuple[Severity, list[str]]:
+        """The first rule that matches, and which conditions made it match (for the report)."""
+        for rule in self.severity_rules:
+            why = [f"{c.fact} {c.op} {c.value!r} (is {facts.get(c.fact)!r})" for c in rule.any if c.holds(facts)]
+            if why:
+                return rule.severity, why
+        return "P3", ["no rule matched"]
+
+    def branch(self, alert_name: str) -> AlertBranch:
+        return self.alerts.get(alert_name) or self.alerts["default"]
+
+
+@cache
+def load_policy(path: Path = POLICY_PATH) -> TriagePolicy:
+    return TriagePolicy.model_validate(yaml.safe_load(path.read_text()))

@@ -1,0 +1,55 @@
+"""The seed's severity classification, as data: each level is reached by the facts the seed names."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.triage_policy import load_policy
+
+BASE = {
+    "health_ok": True,
+    "error_rate": 0.001,
+    "response_time_p95_s": 0.5,
+    "models_down": 0,
+    "crashlooping_pods": 0,
+    "api_available_ratio": 1.0,
+    "alert_severity": "info",
+    "alert_name": "Something",
+    "recent_rollout": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        ({"health_ok": False}, "P0"),  # system completely down
+        ({"api_available_ratio": 0.0}, "P0"),
+        ({"alert_name": "SecurityBreach"}, "P0"),  # active security breach
+        ({"error_rate": 0.15}, "P1"),  # high error percentage (>10%)
+        ({"crashlooping_pods": 2, "api_available_ratio": 0.66}, "P1"),
+        ({"response_time_p95_s": 4.0}, "P1"),  # severe performance problems
+        ({"models_down": 1}, "P2"),  # functionality partially affected
+        ({"error_rate": 0.05}, "P2"),  # intermittent errors
+        ({"alert_severity": "warning"}, "P2"),
+        ({}, "P3"),  # cosmetic / minor
+    ],
+)
+def test_severity(facts: dict, expected: str) -> None:
+    severity, why = load_policy().severity({**BASE, **facts})
+    assert severity == expected, why
+    assert why
+
+
+def test_missing_facts_never_match() -> None:
+    severity, _ = load_policy().severity({"alert_name": "X"})
+    assert severity == "P3"
+
+
+def test_escalation_matrix_and_mitigation_policy() -> None:
+    policy = load_policy()
+    assert policy.escalation["P0"].contacts == ["On-call Engineer", "Tech Lead", "Engineering Manager"]
+    assert policy.escalation["P1"].slack == "incidents" and policy.escalation["P3"].pagerduty is None
+    assert not policy.mitigation.for_severity("P0").approval and policy.mitigation.for_severity("P2").approval
+    assert not policy.mitigation.for_severity("P3").allowed
+    assert policy.branch("HighResponseTime").mitigations == ["scale_out"]
+    assert policy.branch("Unknown").mitigations == policy.alerts["default"].mitigations
