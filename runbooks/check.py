@@ -61,6 +61,28 @@ async def _s3(env: RunbookEnvironment) -> str:
     return f"s3://{bucket.bucket} at {bucket.endpoint}"
 
 
+async def _kubernetes(env: RunbookEnvironment) -> str:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    cluster = env.require_kubernetes()
+    try:
+        async with cluster.get_client("core") as core:
+            pods = await core.list_namespaced_pod(cluster.namespace, limit=500)
+    except ApiException as err:
+        field = "credentials" if err.status in (401, 403) else "namespace"
+        raise ConfigurationError(
+            cluster.display_name,
+            field,
+            f"Kubernetes API answered {err.status} {err.reason}",
+            hint="check the kubeconfig's token and its RBAC",
+        ) from err
+    except OSError as err:  # aiohttp's connection errors are OSErrors
+        raise ConfigurationError(
+            cluster.display_name, "credentials", f"API server unreachable: {err}", transient=True
+        ) from err
+    return f"namespace {cluster.namespace!r}: {len(pods.items)} pods"
+
+
 async def _url(block_name: str, field: str, url: str) -> str:
     """Notification endpoints: we must not send anything, so only check that the host answers."""
     try:
@@ -80,6 +102,8 @@ def _probes(env: RunbookEnvironment) -> dict[str, Callable[[], Awaitable[str]]]:
         env.redis.display_name: lambda: _redis(env),
         env.backups.get_block_type_slug(): lambda: _s3(env),
     }
+    if env.kubernetes is not None:
+        probes[env.kubernetes.display_name] = lambda: _kubernetes(env)
     slack, pagerduty, opsgenie = env.slack, env.pagerduty, env.opsgenie
     if slack is not None:
         probes[slack.display_name] = lambda: _url(slack.display_name, "api_url", str(slack.api_url))
