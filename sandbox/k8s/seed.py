@@ -449,9 +449,16 @@ def seed_production(admin: AdminClient) -> None:
         }
     )
     # history: each new image is a new ReplicaSet revision, as `kubectl set image` makes it
+    # (the controller must see each template, so wait until it has observed the previous patch)
     for deployment, tags in ((api, API_IMAGES), (frontend, FRONTEND_IMAGES)):
         name = deployment["metadata"]["name"]
-        for tag in tags[1:]:
+        path = f"/apis/apps/v1/namespaces/{NS}/deployments/{name}"
+        for revision, tag in enumerate(tags[1:], start=2):
+            _wait(
+                lambda path=path, revision=revision: _revision(admin, path) == revision - 1,
+                30,
+                f"revision {revision - 1} of {name}",
+            )
             image = f"{REGISTRY}/{name}:{tag}"
             admin.patch(
                 deployment,
@@ -460,6 +467,14 @@ def seed_production(admin: AdminClient) -> None:
                     "spec": {"template": {"spec": {"containers": [{"name": name, "image": image}]}}},
                 },
             )
+
+
+def _revision(admin: AdminClient, path: str) -> int:
+    """The Deployment's revision once the controller has observed its latest spec, else 0."""
+    dep = admin.get(path)
+    if (dep.get("status") or {}).get("observedGeneration", 0) < dep["metadata"]["generation"]:
+        return 0
+    return int((dep["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision", 0))
 
 
 def _established(admin: AdminClient) -> bool:
