@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import json
 import os
+import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from runbooks import processes
 from runbooks.gateway.app import GatewaySettings, create_app
 from sandbox.config import SandboxSettings, SandboxState
 from tests.servers import serve
@@ -56,20 +59,39 @@ def alert(name: str, fingerprint: str) -> dict[str, Any]:
 
 
 async def ack_load(total: int, rate: float, fingerprints: int) -> dict[str, Any]:
-    """(b): the gateway alone, Prefect unreachable on purpose (events stay queued: acks must not wait on it)."""
+    """(b): the gateway alone, in its own process (``runbooks gateway serve``), Prefect unreachable on purpose:
+    events stay queued, and acks must not wait on Prefect."""
     with tempfile.TemporaryDirectory() as tmp:
-        settings = GatewaySettings(
-            token=SecretStr(TOKEN),
-            db_path=Path(tmp) / "gw.sqlite3",
-            prefect_api_url="http://127.0.0.1:9/api",
-            delivery_interval_s=5,
+        port = free_port()
+        env = {
+            **os.environ,
+            "RUNBOOKS_GATEWAY_TOKEN": TOKEN,
+            "RUNBOOKS_GATEWAY_DB_PATH": f"{tmp}/gw.sqlite3",
+            "RUNBOOKS_GATEWAY_PREFECT_API_URL": "http://127.0.0.1:9/api",
+            "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "5",
+        }
+        pid = processes.spawn_daemon(
+            [sys.executable, "-m", "runbooks.cli", "gateway", "serve", "--port", str(port)],
+            log_path=Path(tmp) / "gateway.log",
+            env=env,
         )
-        app = create_app(settings)
+        url = f"http://127.0.0.1:{port}"
         latencies: list[float] = []
         errors = 0
-        with serve(app) as url:
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    async with httpx.AsyncClient() as probe:
+                        (await probe.get(f"{url}/healthz")).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.2)
             async with httpx.AsyncClient(
-                base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, limits=httpx.Limits(max_connections=64)
+                base_url=url,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                limits=httpx.Limits(max_connections=64),
+                timeout=30,
             ) as client:
 
                 async def send(i: int) -> None:
@@ -91,9 +113,12 @@ async def ack_load(total: int, rate: float, fingerprints: int) -> dict[str, Any]
                     tasks.append(asyncio.create_task(send(i)))
                 await asyncio.gather(*tasks)
                 elapsed = time.perf_counter() - begin
-            per_fp: dict[str, int] = {}
-            for incident in app.state.store.incidents():
-                per_fp[incident["fingerprint"]] = per_fp.get(incident["fingerprint"], 0) + 1
+                incidents = (await client.get("/incidents")).json()
+        finally:
+            processes.stop_group(pid)
+    per_fp: dict[str, int] = {}
+    for incident in incidents:
+        per_fp[incident["fingerprint"]] = per_fp.get(incident["fingerprint"], 0) + 1
     return {
         "alerts_sent": total,
         "ack_errors": errors,
@@ -104,6 +129,12 @@ async def ack_load(total: int, rate: float, fingerprints: int) -> dict[str, Any]
         "incidents_per_fingerprint_max": max(per_fp.values()),
         "incidents_per_fingerprint_min": min(per_fp.values()),
     }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def first_notification(n: int, timeout_s: float) -> dict[str, Any]:

@@ -508,7 +508,8 @@ class PrefectWorkerComponent(Component):
         from deployments.apply import deploy_all, ensure_work_pools, prefect_cli
         from sandbox.blocks import apply_blocks
 
-        env = {**os.environ, **prefect_env(self.settings)}
+        # the worker polls every 2 s (default 10 s): an alert-triggered triage should not wait in the queue
+        env = {**os.environ, **prefect_env(self.settings), "PREFECT_WORKER_QUERY_SECONDS": "2"}
         with _prefect_api(self.settings):
             asyncio.run(ensure_work_pools())
             asyncio.run(apply_blocks(self.settings, self.state))

@@ -85,6 +85,35 @@ def sign(secret: str, body: bytes, stamp: float | None = None) -> dict[str, str]
     return {"X-Runbooks-Timestamp": ts, "X-Runbooks-Signature": f"sha256={digest}"}
 
 
+class Committer:
+    """Group commit: requests that arrive while a transaction is being written wait for the next one, so one fsync
+    acknowledges many alerts. Each request still gets its 202 only after its own alerts are committed."""
+
+    def __init__(self, store: GatewayStore, max_batch: int = 500) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[list[NormalizedAlert], asyncio.Future[list[Any]]]] = asyncio.Queue()
+
+    async def submit(self, alerts: list[NormalizedAlert]) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((alerts, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < self.max_batch:
+                batch.append(self.queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self.store.accept_batches, [alerts for alerts, _ in batch])
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the error (a 500), none is lost
+                for _, future in batch:
+                    future.set_exception(err)
+                continue
+            for (_, future), outcomes in zip(batch, results, strict=True):
+                future.set_result(outcomes)
+
+
 class Deliverer:
     """Sends the outbox to Prefect's ``POST /api/events``; backs off while Prefect is down, never drops."""
 
@@ -130,16 +159,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         raise ValueError("set RUNBOOKS_GATEWAY_TOKEN or RUNBOOKS_GATEWAY_HMAC_SECRET: the gateway never runs open")
     store = GatewayStore(settings.db_path)
     deliverer = Deliverer(store, settings)
+    committer = Committer(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(deliverer.run())
+        tasks = [asyncio.create_task(deliverer.run()), asyncio.create_task(committer.run())]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             store.close()
 
     app = FastAPI(title="runbooks alert gateway", version="1.0.0", lifespan=lifespan)
@@ -161,7 +193,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 else f"invalid JSON: {err}"
             )
             raise HTTPException(422, detail) from err
-        outcomes = await asyncio.to_thread(store.accept, alerts)
+        outcomes = await committer.submit(alerts)
         deliverer.wake.set()
         result = Accepted(
             accepted=len(alerts),

@@ -59,13 +59,17 @@ class GatewayStore:
 
     def accept(self, alerts: list[NormalizedAlert]) -> list[Outcome]:
         """Deduplicate and queue the events, all in one committed transaction."""
+        return self.accept_batches([alerts])[0]
+
+    def accept_batches(self, batches: list[list[NormalizedAlert]]) -> list[list[Outcome]]:
+        """Several requests' alerts in ONE committed transaction (group commit: one fsync for all of them)."""
         now = time.time()
-        outcomes = []
+        outcomes: list[list[Outcome]] = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for alert in alerts:
-                    outcomes.append(self._accept_one(alert, now))
+                for alerts in batches:
+                    outcomes.append([self._accept_one(alert, now) for alert in alerts])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
