@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 from runbooks.errors import RunbookError
@@ -17,6 +19,8 @@ from runbooks.errors import RunbookError
 
 class ProcessError(RunbookError):
     system = "process"
+    #: the end of the child's stderr, when it ran and failed (:func:`stream`)
+    stderr: str = ""
 
 
 def spawn_daemon(
@@ -119,3 +123,86 @@ def run(
         stop_group(proc.pid, timeout_s=2)
         raise
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err_out)
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    chunk_size: int = 1 << 20,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[bytes, None, None]:
+    """Run a command in its own process group and yield its stdout as it comes, in chunks of at most
+    ``chunk_size`` bytes (nothing is held in memory beyond one chunk).
+
+    The command must finish within ``timeout_s``. A timeout, a non-zero exit (the message carries the last
+    lines of stderr), or the consumer stopping early (an exception while iterating, ``close()`` on the
+    generator) stops the whole process group, and so does ``should_stop()`` turning true (checked at least
+    every second, even while the command is silent). Close the generator deterministically with
+    ``contextlib.closing(stream(...))`` when you may stop before its end.
+    """
+    name = Path(argv[0]).name
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argument list, no shell
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            bufsize=0,
+        )
+    except FileNotFoundError as err:
+        raise ProcessError(f"cannot run {argv[0]!r}: not found", hint="is it installed and on PATH?") from err
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_tail = bytearray()
+
+    def drain_stderr() -> None:
+        assert proc.stderr is not None
+        for block in iter(lambda: proc.stderr.read(8192), b""):  # type: ignore[union-attr]
+            stderr_tail.extend(block)
+            del stderr_tail[:-65536]
+
+    drainer = threading.Thread(target=drain_stderr, name=f"{name}-stderr", daemon=True)
+    drainer.start()
+    deadline = time.monotonic() + timeout_s
+    finished = False
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProcessError(f"{name} timed out after {timeout_s:.0f}s")
+                if should_stop is not None and should_stop():
+                    raise ProcessError(f"{name} stopped: its output is no longer wanted")
+                if not selector.select(timeout=min(remaining, 1.0)):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), chunk_size)
+                if not chunk:
+                    break
+                yield chunk
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired as err:
+            raise ProcessError(f"{name} timed out after {timeout_s:.0f}s") from err
+        finished = True
+        drainer.join(timeout=5)
+        if proc.returncode != 0:
+            lines = stderr_tail.decode(errors="replace").strip().splitlines()
+            detail = " / ".join(lines[-3:]) if lines else "no output on stderr"
+            how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited {proc.returncode}"
+            failure = ProcessError(f"{name} {how}: {detail}")
+            failure.stderr = "\n".join(lines)
+            raise failure
+    finally:
+        if not finished:
+            stop_group(proc.pid, timeout_s=2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        proc.stdout.close()
+        drainer.join(timeout=5)
+        proc.stderr.close()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 from prefect import Flow
+from prefect.flows import load_flow_from_entrypoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -15,13 +15,12 @@ DEPLOYMENTS = SPEC["deployments"]
 
 
 @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
-def test_entrypoint_imports_to_a_flow(deployment: dict) -> None:
-    path, _, attr = deployment["entrypoint"].partition(":")
-    spec = importlib.util.spec_from_file_location(f"entry_{deployment['name'].replace('-', '_')}", ROOT / path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert isinstance(getattr(module, attr), Flow)
+def test_entrypoint_imports_to_a_flow(deployment: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaded the way the worker loads it (from the project directory, by Prefect's own loader)."""
+    monkeypatch.chdir(ROOT)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    assert "environment" in flow.parameters.properties
 
 
 def test_deployment_names_are_unique() -> None:
