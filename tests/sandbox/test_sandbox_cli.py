@@ -39,7 +39,9 @@ def _processes_holding(path: Path) -> list[int]:
 def test_up_status_run_down(tmp_path: Path) -> None:
     import redis
 
-    settings = make_settings(tmp_path / "home")
+    # its own Redis database: the session-wide sandbox fixture keeps its data in db 13 while this test runs
+    session_redis = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+    settings = make_settings(tmp_path / "home", redis_url=session_redis.rsplit("/", 1)[0] + "/11")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "RUNBOOKS_"))}
     for field in (
         "home",
