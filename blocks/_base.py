@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import ClassVar
 
+import httpx
 from prefect.blocks.core import Block
 
 DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
@@ -20,3 +23,13 @@ class RunbookBlock(Block):
         name = getattr(self, "_block_document_name", None)
         slug = self.get_block_type_slug()
         return f"{slug}/{name}" if name else slug
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process for every HTTP client the blocks hand out.
+
+    httpx builds a new one for each client, and loading the CA bundle costs 20 to 40 ms of CPU each time. A triage
+    run creates a dozen clients; twenty triage runs at once in the in-process worker spent most of their CPU there.
+    """
+    return httpx.create_ssl_context()

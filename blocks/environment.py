@@ -11,6 +11,7 @@ from prefect_aws.s3 import S3Bucket
 from pydantic import Field
 
 from blocks._base import RunbookBlock
+from blocks.encryption import BackupEncryptionKey
 from blocks.kubernetes import KubernetesCluster
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
@@ -44,6 +45,7 @@ class RunbookEnvironment(RunbookBlock):
     slack: SlackNotifier | None = None
     pagerduty: PagerDutyNotifier | None = None
     opsgenie: OpsgenieNotifier | None = None
+    backup_encryption: BackupEncryptionKey | None = None
 
     @property
     def dry_run_by_default(self) -> bool:
@@ -59,6 +61,20 @@ class RunbookEnvironment(RunbookBlock):
                 hint="add a Runbooks Kubernetes block to this environment",
             )
         return self.kubernetes
+
+    def require_backup_encryption(self, what: str = "Kubernetes Secrets") -> BackupEncryptionKey:
+        """The key that encrypts ``what`` in backups; none configured: nothing is written in clear, it fails."""
+        if self.backup_encryption is None:
+            raise ConfigurationError(
+                self.display_name,
+                "backup_encryption",
+                f"no backup encryption key is configured, so {what} are not backed up (never in clear)",
+                hint=(
+                    f"save a {BackupEncryptionKey.get_block_type_name()!r} block (key: `openssl rand -base64 32`) "
+                    "and reference it from this environment's backup_encryption field"
+                ),
+            )
+        return self.backup_encryption
 
 
 async def load_environment(name: str) -> RunbookEnvironment:

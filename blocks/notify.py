@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from blocks._base import RunbookBlock
+from blocks._base import RunbookBlock, tls_context
 
 #: The seed's channels (Emergency Contacts).
 DEFAULT_SLACK_CHANNELS = {
@@ -51,7 +51,9 @@ class SlackNotifier(RunbookBlock):
         headers = {"User-Agent": "runbooks"}
         if self.bot_token is not None:
             headers["Authorization"] = f"Bearer {self.bot_token.get_secret_value()}"
-        return httpx.AsyncClient(base_url=str(self.api_url).rstrip("/") + "/", headers=headers, timeout=self.timeout_s)
+        return httpx.AsyncClient(
+            verify=tls_context(), base_url=str(self.api_url).rstrip("/") + "/", headers=headers, timeout=self.timeout_s
+        )
 
 
 class PagerDutyNotifier(RunbookBlock):
@@ -76,7 +78,7 @@ class PagerDutyNotifier(RunbookBlock):
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="Per-request timeout in seconds.")
 
     def get_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout_s, headers={"User-Agent": "runbooks"})
+        return httpx.AsyncClient(verify=tls_context(), timeout=self.timeout_s, headers={"User-Agent": "runbooks"})
 
 
 class OpsgenieNotifier(RunbookBlock):
@@ -101,6 +103,7 @@ class OpsgenieNotifier(RunbookBlock):
 
     def get_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
+            verify=tls_context(),
             base_url=str(self.api_url),
             headers={
                 "Authorization": f"GenieKey {self.api_key.get_secret_value()}",

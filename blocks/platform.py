@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
 
-from blocks._base import RunbookBlock
+from blocks._base import RunbookBlock, tls_context
 
 
 class PlatformAPI(RunbookBlock):
@@ -32,8 +32,10 @@ class PlatformAPI(RunbookBlock):
         headers = {"User-Agent": "runbooks"}
         if admin:
             headers["Authorization"] = f"Bearer {self.admin_token.get_secret_value()}"
-        return httpx.AsyncClient(base_url=str(self.base_url), headers=headers, timeout=self.timeout_s)
+        return httpx.AsyncClient(
+            verify=tls_context(), base_url=str(self.base_url), headers=headers, timeout=self.timeout_s
+        )
 
     def get_status_page_client(self) -> httpx.AsyncClient:
         """A client on the status page (no credentials)."""
-        return httpx.AsyncClient(base_url=str(self.status_page_url), timeout=self.timeout_s)
+        return httpx.AsyncClient(verify=tls_context(), base_url=str(self.status_page_url), timeout=self.timeout_s)

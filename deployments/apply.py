@@ -1,11 +1,19 @@
-"""Apply ``prefect.yaml`` to a Prefect server: the work pools it names, then every deployment."""
+"""Apply ``prefect.yaml`` to a Prefect server: the work pools it names, every deployment, then the automations
+of :mod:`deployments.automations` (created, or updated in place by name: applying twice changes nothing).
+
+``python -m deployments.apply automations`` applies the automations alone (``deploy_all`` runs it, with the
+same environment as ``prefect deploy``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import yaml
 
@@ -50,11 +58,62 @@ async def ensure_work_pools() -> list[str]:
 
 
 def deploy_all(env: Mapping[str, str]) -> None:
-    """``prefect deploy --all`` from the project directory, with ``env`` (PREFECT_API_URL, ...)."""
+    """``prefect deploy --all`` from the project directory, with ``env`` (PREFECT_API_URL, ...), then the
+    automations (they refer to deployments by id, so they come after)."""
     result = processes.run([prefect_cli(), "--no-prompt", "deploy", "--all"], timeout_s=300, env=env, cwd=PROJECT_DIR)
     if result.returncode != 0:
         tail = " / ".join((result.stdout + result.stderr).strip().splitlines()[-6:])
         raise RunbookError(f"prefect deploy --all failed: {tail}")
+    result = processes.run(
+        [sys.executable, "-m", "deployments.apply", "automations"], timeout_s=120, env=env, cwd=PROJECT_DIR
+    )
+    if result.returncode != 0:
+        tail = " / ".join((result.stdout + result.stderr).strip().splitlines()[-6:])
+        raise RunbookError(f"applying the automations failed: {tail}")
+
+
+def backup_environments() -> list[str]:
+    """The environments ``prefect.yaml`` takes daily backups of (its ``daily-backup`` deployments)."""
+    found = [
+        str((entry.get("parameters") or {}).get("environment"))
+        for entry in load_spec().get("deployments") or []
+        if str(entry.get("entrypoint", "")).endswith(":daily_backup")
+        and (entry.get("parameters") or {}).get("environment")
+    ]
+    return sorted(set(found))
+
+
+async def apply_automations(
+    environments: list[str] | None = None, *, within: timedelta | None = None
+) -> dict[str, UUID]:
+    """Create or update (by name) the ``backup-missing-<environment>`` automation of each environment (default:
+    :func:`backup_environments`); ``within`` overrides the 26 h window (tests). Returns name → automation id.
+    Needs the ``backup-missing`` deployment (``prefect deploy --all`` first)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from deployments.automations import BACKUP_MISSING_DEPLOYMENT, BACKUP_MISSING_WINDOW, backup_missing_automation
+
+    applied: dict[str, UUID] = {}
+    async with get_client() as client:
+        try:
+            deployment = await client.read_deployment_by_name(BACKUP_MISSING_DEPLOYMENT)
+        except ObjectNotFound as err:
+            raise RunbookError(
+                f"deployment {BACKUP_MISSING_DEPLOYMENT} not found: the backup-missing automations need it",
+                hint="run `prefect deploy --all` (deploy_all) first",
+            ) from err
+        for environment in backup_environments() if environments is None else environments:
+            automation = backup_missing_automation(environment, deployment.id, within=within or BACKUP_MISSING_WINDOW)
+            existing = await client.read_automations_by_name(automation.name)
+            if existing:
+                await client.update_automation(existing[0].id, automation)
+                for duplicate in existing[1:]:  # one automation per name: an older copy would alert twice
+                    await client.delete_automation(duplicate.id)
+                applied[automation.name] = existing[0].id
+            else:
+                applied[automation.name] = await client.create_automation(automation)
+    return applied
 
 
 async def deployed_names() -> set[str]:
@@ -62,3 +121,16 @@ async def deployed_names() -> set[str]:
 
     async with get_client() as client:
         return {d.name for d in await client.read_deployments()}
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["automations"]:
+        print("usage: python -m deployments.apply automations", file=sys.stderr)
+        return 2
+    for name, automation_id in asyncio.run(apply_automations()).items():
+        print(f"automation {name}: {automation_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

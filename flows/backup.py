@@ -7,11 +7,14 @@ a backup without a manifest is incomplete and never counts as good. A failing pa
 manifest is written, and ``backup.failed`` is emitted; a complete one emits ``backup.completed`` (resource
 ``runbooks.backup.<environment>``) and applies retention.
 
-Parts are :class:`PartSpec` entries of :data:`PART_BUILDERS`. The Kubernetes part (resources, ConfigMaps,
-Secrets encrypted client-side) and the application-logs part plug in there: a ``run`` that streams its bytes
-through :func:`tasks.backup.pipeline.compress_and_upload` under ``ctx.prefix`` and returns a
-:class:`~tasks.backup.manifest.PartResult`, plus a ``describe`` for dry runs; then add the name to
-:data:`BackupPart` (and to :data:`DEFAULT_PARTS` to back it up daily).
+Parts are :class:`PartSpec` entries of :data:`PART_BUILDERS`: a ``run`` that streams its bytes through
+:func:`tasks.backup.pipeline.compress_and_upload` under ``ctx.prefix`` and returns a
+:class:`~tasks.backup.manifest.PartResult`, plus a ``describe`` for dry runs; its name is in :data:`BackupPart`
+(and in :data:`DEFAULT_PARTS` to back it up daily). Besides PostgreSQL and Redis, ``kubernetes`` (``kubectl get
+all``, ConfigMaps, and the Secrets encrypted client-side with the environment's ``backup_encryption`` key, see
+:mod:`tasks.backup.crypto`) and ``logs`` (the application logs of the last 24 h of every Deployment) back up the
+namespaces the runbooks cover (:func:`kubernetes_namespaces`); in an environment without a Kubernetes block they
+are skipped with a log line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import prefect
@@ -34,6 +38,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from blocks.environment import RunbookEnvironment, load_environment
+from tasks.backup.kubernetes import backup_application_logs, backup_kubernetes, plan_kubernetes
 from tasks.backup.manifest import (
     BackupCancelledError,
     BackupError,
@@ -41,6 +46,7 @@ from tasks.backup.manifest import (
     Manifest,
     PartResult,
     backup_prefix,
+    backup_resource,
     new_backup_id,
 )
 from tasks.backup.parts import dump_postgres, dump_postgres_schema, dump_redis
@@ -50,6 +56,7 @@ from tasks.backup.retention import (
     RetentionPlan,
     RetentionPolicy,
     apply_retention,
+    clean_local_staging,
     list_backups,
     plan_retention,
 )
@@ -57,9 +64,10 @@ from tasks.postgres import check_postgres
 from tasks.redis import bgsave, redis_server_info
 from tasks.storage import check_bucket, list_stored
 
-#: The parts a daily backup can take. Kubernetes ("kubernetes") and application logs ("logs") join here.
-BackupPart = Literal["postgres", "redis"]
-DEFAULT_PARTS: tuple[str, ...] = ("postgres", "redis")
+#: The parts a daily backup can take.
+BackupPart = Literal["postgres", "redis", "kubernetes", "logs"]
+#: "kubernetes" and "logs" back up nothing (a log line says so) where the environment has no Kubernetes block.
+DEFAULT_PARTS: tuple[str, ...] = ("postgres", "redis", "kubernetes", "logs")
 PROGRESS_INTERVAL_S = 2.0
 
 
@@ -110,24 +118,92 @@ async def _schema_plan(ctx: BackupContext) -> str:
 
 async def _redis(ctx: BackupContext) -> PartResult:
     server = await redis_server_info(ctx.env.redis)
-    saved = await bgsave(ctx.env.redis)
+    # the runbook's BGSAVE + LASTSAVE wait as its own step only when asked: the SYNC is a fresh snapshot already
+    saved = await bgsave(ctx.env.redis) if ctx.options.get("redis_separate_bgsave") else None
     return await dump_redis(ctx.env.redis, ctx.target, ctx.prefix, server, saved)
 
 
 async def _redis_plan(ctx: BackupContext) -> str:
     server = await redis_server_info(ctx.env.redis)
     return (
-        f"BGSAVE, then the RDB of {server.address} over SYNC (Redis {server.version}, "
+        f"the RDB of {server.address} over SYNC, one fresh snapshot (Redis {server.version}, "
         f"{server.key_count} keys in db {server.db}, {server.used_memory_bytes / 2**20:.1f} MiB used)"
     )
+
+
+def kubernetes_namespaces(ctx: BackupContext) -> list[str]:
+    """The namespaces the runbooks cover: ``options["kubernetes_namespaces"]``, else the cluster block's."""
+    cluster = ctx.env.require_kubernetes()
+    return list(dict.fromkeys(ctx.options.get("kubernetes_namespaces") or [cluster.namespace]))
+
+
+def _skipped(ctx: BackupContext, name: str) -> PartResult | None:
+    """A part that needs Kubernetes, in an environment without it: nothing to back up, said once in the log."""
+    if ctx.env.kubernetes is not None:
+        return None
+    reason = f"environment {ctx.environment!r} has no Kubernetes block"
+    get_run_logger().info("Backup part %s skipped: %s", name, reason)
+    return PartResult(name=name, objects=[], info={"skipped": reason}, started_at=datetime.now(UTC), duration_s=0.0)
+
+
+async def _kubernetes(ctx: BackupContext) -> PartResult:
+    skipped = _skipped(ctx, "kubernetes")
+    if skipped is not None:
+        return skipped
+    include_secrets = bool(ctx.options.get("kubernetes_secrets", True))
+    key = ctx.env.require_backup_encryption() if include_secrets else None  # refuses before reading anything
+    return await backup_kubernetes(
+        ctx.env.require_kubernetes(),
+        ctx.target,
+        ctx.prefix,
+        key,
+        namespaces=kubernetes_namespaces(ctx),
+        include_secrets=include_secrets,
+        context={"environment": ctx.environment, "backup_id": ctx.backup_id},
+    )
+
+
+async def _kubernetes_plan(ctx: BackupContext) -> str:
+    if ctx.env.kubernetes is None:
+        return f"skipped: environment {ctx.environment!r} has no Kubernetes block"
+    include_secrets = bool(ctx.options.get("kubernetes_secrets", True))
+    key = ctx.env.require_backup_encryption() if include_secrets else None
+    counts = await plan_kubernetes(ctx.env.kubernetes, kubernetes_namespaces(ctx))
+    where = "; ".join(
+        f"{ns}: {c['deployments']} Deployments, {c['pods']} pods, {c['configmaps']} ConfigMaps, {c['secrets']} Secrets"
+        for ns, c in counts.items()
+    )
+    secrets = (
+        f"Secrets encrypted with AES-256-GCM under a new data key wrapped by key {key.key_id!r} ({key.fingerprint})"
+        if key is not None
+        else "Secrets left out"
+    )
+    return f"kubectl get all, configmaps -o yaml of {where}; {secrets}"
+
+
+async def _logs(ctx: BackupContext) -> PartResult:
+    skipped = _skipped(ctx, "logs")
+    if skipped is not None:
+        return skipped
+    return await backup_application_logs(
+        ctx.env.require_kubernetes(), ctx.target, ctx.prefix, namespaces=kubernetes_namespaces(ctx)
+    )
+
+
+async def _logs_plan(ctx: BackupContext) -> str:
+    if ctx.env.kubernetes is None:
+        return f"skipped: environment {ctx.environment!r} has no Kubernetes block"
+    counts = await plan_kubernetes(ctx.env.kubernetes, kubernetes_namespaces(ctx))
+    where = ", ".join(f"{c['pods']} pods of {c['deployments']} Deployments in {ns}" for ns, c in counts.items())
+    return f"logs of the last 24 h of {where}, as NDJSON"
 
 
 PART_BUILDERS: dict[str, PartSpec] = {
     "postgres": PartSpec("postgres", _postgres, _postgres_plan),
     "redis": PartSpec("redis", _redis, _redis_plan),
     "schema": PartSpec("schema", _schema, _schema_plan),
-    # "kubernetes": PartSpec("kubernetes", ...)  resources, ConfigMaps, Secrets encrypted client-side
-    # "logs": PartSpec("logs", ...)  application logs of the last 24 h
+    "kubernetes": PartSpec("kubernetes", _kubernetes, _kubernetes_plan),
+    "logs": PartSpec("logs", _logs, _logs_plan),
 }
 
 
@@ -198,7 +274,7 @@ class BackupReport(BaseModel):
                     lines.append(
                         f"**Redis** {part.info.get('redis_version')}: {part.info.get('key_count')} keys in "
                         f"db {part.info.get('db')} (all databases: {part.info.get('keyspace')}), "
-                        f"BGSAVE {part.info.get('bgsave_duration_s')} s"
+                        f"snapshot: {part.info.get('snapshot', 'bgsave, then sync')}"
                     )
                 if part.attempts > 1:
                     lines.append(f"- {part.name} needed {part.attempts} attempts")
@@ -369,11 +445,7 @@ def emit_backup_event(report: BackupReport) -> None:
     completed = report.status == "completed"
     emit_event(
         event="backup.completed" if completed else "backup.failed",
-        resource={
-            "prefect.resource.id": f"runbooks.backup.{report.environment}",
-            "prefect.resource.name": f"{report.environment} backups",
-            "runbooks.backup.kind": report.kind,
-        },
+        resource=backup_resource(report.environment, report.kind),
         payload={
             "backup_id": report.backup_id,
             "prefix": report.prefix,
@@ -403,8 +475,8 @@ async def daily_backup(
     dry_run: bool = False,
     retention: RetentionSettings | None = None,
 ) -> BackupReport:
-    """Back up ``parts`` (default: PostgreSQL and Redis) of ``environment`` concurrently to its bucket, write
-    the manifest last, publish a report (artifact ``backup-<environment>``) and ``backup.completed`` /
+    """Back up ``parts`` (default: PostgreSQL, Redis, Kubernetes, logs) of ``environment`` concurrently to its
+    bucket, write the manifest last, publish a report (artifact ``backup-<environment>``) and ``backup.completed`` /
     ``backup.failed``, then apply retention. ``dry_run`` checks every system and says what it would do."""
     env = await load_environment(environment)
     names = list(dict.fromkeys(parts or DEFAULT_PARTS))
@@ -466,11 +538,14 @@ async def backup_retention(
     incomplete_grace_hours: Annotated[float, Field(ge=1, le=720)] = 24,
     kind: Literal["daily", "emergency", "schema"] = "daily",
     dry_run: bool | None = None,
+    local_staging_dir: str | None = None,
+    local_keep_days: Annotated[float, Field(ge=0, le=365)] = 7,
 ) -> RetentionPlan:
     """Keep the newest backup of each of the last ``keep_daily`` days, ``keep_weekly`` weeks and
     ``keep_monthly`` months, and always the newest verified one; delete nothing while the newest backup is
-    incomplete or failed; delete incomplete backups older than ``incomplete_grace_hours``. ``dry_run`` (default:
-    on everywhere but the sandbox) only lists what would go."""
+    incomplete or failed; delete incomplete backups older than ``incomplete_grace_hours``. With
+    ``local_staging_dir``, also the runbook's local clean-up: dump and archive files there older than
+    ``local_keep_days``. ``dry_run`` (default: on everywhere but the sandbox) only lists what would go."""
     logger = get_run_logger()
     env = await load_environment(environment)
     dry = env.dry_run_by_default if dry_run is None else dry_run
@@ -497,6 +572,17 @@ async def backup_retention(
         )
     if plan.skipped_reason:
         logger.warning("Retention deletes nothing: %s", plan.skipped_reason)
+    if local_staging_dir:
+        local = clean_local_staging(Path(local_staging_dir), local_keep_days, dry_run=dry)
+        plan.local = local
+        logger.info(
+            "local staging %s: %s %d file(s) older than %s days, kept %d",
+            local.directory,
+            "would delete" if dry else "deleted",
+            len(local.deleted),
+            local_keep_days,
+            local.kept,
+        )
     await acreate_markdown_artifact(
         key=f"backup-retention-{artifact_slug(environment)}",
         markdown=plan.to_markdown(),
@@ -505,14 +591,11 @@ async def backup_retention(
     if plan.applied:
         emit_event(
             event="backup.retention.applied",
-            resource={
-                "prefect.resource.id": f"runbooks.backup.{environment}",
-                "prefect.resource.name": f"{environment} backups",
-                "runbooks.backup.kind": kind,
-            },
+            resource=backup_resource(environment, kind),
             payload={
                 "deleted_backups": [d.backup_id for d in plan.to_delete],
                 "deleted_objects": len(deleted),
+                "deleted_local_files": len(plan.local.deleted) if plan.local else 0,
                 "kept": [d.backup_id for d in plan.decisions if not d.delete],
                 "skipped_reason": plan.skipped_reason,
             },

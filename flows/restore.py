@@ -39,6 +39,7 @@ from tasks.backup.restore import (
     download_objects,
     find_backup,
     restore_archive,
+    scratch_database_name,
 )
 
 #: How often a paused run checks for its approval (seconds).
@@ -143,11 +144,6 @@ class RestoreReport(BaseModel):
         return "\n".join(lines)
 
 
-def _default_scratch_name(live: str, backup_id: str) -> str:
-    suffix = "_restore_" + backup_id.lower()
-    return check_database_name(live[: 63 - len(suffix)] + suffix)
-
-
 @flow(name="restore-database", log_prints=False)
 async def restore_database(
     environment: str = "sandbox",
@@ -178,7 +174,9 @@ async def restore_database(
     database = (
         env.postgres.dbname
         if target == "live"
-        else check_database_name(scratch_database or _default_scratch_name(env.postgres.dbname, manifest.backup_id))
+        else check_database_name(
+            scratch_database or scratch_database_name(env.postgres.dbname, "restore", manifest.backup_id)
+        )
     )
     report = RestoreReport(
         environment=environment,

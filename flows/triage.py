@@ -25,6 +25,7 @@ from prefect.input import RunInput
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
+from blocks._base import tls_context
 from blocks.environment import RunbookEnvironment, load_environment
 from flows.triage_policy import Action, Severity, TriagePolicy, load_policy
 from tasks import kubernetes as k8s
@@ -34,6 +35,10 @@ from tasks.postgres import check_postgres
 from tasks.redis import check_redis
 
 API = "ai-multimodel-api"
+#: how long one enricher may take before it becomes an error finding: the first notification must not wait on it
+ENRICHER_TIMEOUT_S = 10.0
+#: how often a paused run checks for the approver's answer
+APPROVAL_POLL_INTERVAL_S = 5
 
 
 class Finding(BaseModel):
@@ -213,7 +218,9 @@ async def run_enrichers(env: RunbookEnvironment, enrichers: list[Enricher]) -> l
     async def one(enricher: Enricher) -> Finding:
         name = enricher.__name__.removeprefix("enrich_")
         try:
-            return await enricher(env)
+            return await asyncio.wait_for(enricher(env), ENRICHER_TIMEOUT_S)
+        except TimeoutError:
+            return Finding(enricher=name, ok=False, title=f"{name} check timed out", detail=f"{ENRICHER_TIMEOUT_S}s")
         except Exception as err:  # noqa: BLE001 - a failing diagnostic is itself a finding
             return Finding(enricher=name, ok=False, title=f"{name} check failed", detail=f"{type(err).__name__}: {err}")
 
@@ -361,7 +368,7 @@ async def update_thread(env: RunbookEnvironment, policy: TriagePolicy, report: T
 
 async def postmortem(report: TriageReport, started: float) -> str:
     """The post-mortem markdown, with the timeline read back from the run's events in Prefect."""
-    async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=10) as client:
+    async with httpx.AsyncClient(base_url=str(PREFECT_API_URL.value()), timeout=10, verify=tls_context()) as client:
         response = await client.post(
             "/events/filter",
             json={
@@ -463,6 +470,7 @@ async def incident_triage(
                     description=f"{severity} {alert_name}: apply **{action}** on `{target}`?", approve=False
                 ),
                 timeout=approval_timeout_s,
+                poll_interval=APPROVAL_POLL_INTERVAL_S,
             )
             record.by = decision.approver or "approver"
             if not decision.approve:

@@ -83,6 +83,12 @@ async def _kubernetes(env: RunbookEnvironment) -> str:
     return f"namespace {cluster.namespace!r}: {len(pods.items)} pods"
 
 
+async def _backup_encryption(env: RunbookEnvironment) -> str:
+    key = env.require_backup_encryption()  # none: a ConfigurationError naming the environment's field
+    key.master_key()  # 32 bytes, or a ConfigurationError naming the field
+    return f"key {key.key_id}, fingerprint {key.fingerprint}"
+
+
 async def _url(block_name: str, field: str, url: str) -> str:
     """Notification endpoints: we must not send anything, so only check that the host answers."""
     try:
@@ -104,6 +110,9 @@ def _probes(env: RunbookEnvironment) -> dict[str, Callable[[], Awaitable[str]]]:
     }
     if env.kubernetes is not None:
         probes[env.kubernetes.display_name] = lambda: _kubernetes(env)
+    if env.kubernetes is not None or env.backup_encryption is not None:  # Secrets are backed up only encrypted
+        name = env.backup_encryption.display_name if env.backup_encryption else f"{env.display_name} backup_encryption"
+        probes[name] = lambda: _backup_encryption(env)
     slack, pagerduty, opsgenie = env.slack, env.pagerduty, env.opsgenie
     if slack is not None:
         probes[slack.display_name] = lambda: _url(slack.display_name, "api_url", str(slack.api_url))

@@ -9,6 +9,7 @@ from prefect_aws.s3 import S3Bucket
 from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 from pydantic import SecretStr
 
+from blocks.encryption import BackupEncryptionKey
 from blocks.environment import RunbookEnvironment
 from blocks.kubernetes import KubernetesCluster
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
@@ -25,6 +26,7 @@ BLOCK_TYPES: tuple[type[Block], ...] = (
     SlackNotifier,
     PagerDutyNotifier,
     OpsgenieNotifier,
+    BackupEncryptionKey,
     RunbookEnvironment,
     AwsCredentials,
     S3Bucket,
@@ -76,6 +78,9 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
             api_key=secrets["opsgenie_api_key"],
             api_url=f"{receivers}/opsgenie",
         ),
+        backup_encryption=BackupEncryptionKey(
+            key_id=f"{settings.environment}-backups", key=SecretStr(secrets["backup_encryption_key"])
+        ),
     )
 
 
@@ -106,6 +111,7 @@ async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:
         env.slack,
         env.pagerduty,
         env.opsgenie,
+        env.backup_encryption,
     ]
     for child in children:
         if child is None:

@@ -21,6 +21,9 @@ from runbooks import processes
 from runbooks.errors import SandboxError
 from sandbox.config import PROJECT_DIR, SandboxSettings, SandboxState
 
+#: the flow the in-process triage worker imports at start
+TRIAGE_ENTRYPOINT = "flows/triage.py:incident_triage"
+
 
 @dataclass(frozen=True)
 class ComponentStatus:
@@ -63,16 +66,33 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on, or is bound to, ``host:port`` (a bind succeeds)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def log_tail(log: Path | None, lines: int = 5) -> str:
+    """`` | last log lines: a / b / c`` for an error message, or nothing when there is no log."""
+    if log is None or not log.exists():
+        return ""
+    return " | last log lines: " + " / ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+
+
 def wait_until(check: Any, *, timeout_s: float, what: str, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.25)
-    tail = ""
-    if log is not None and log.exists():
-        tail = " | last log lines: " + " / ".join(log.read_text(errors="replace").strip().splitlines()[-5:])
-    raise SandboxError(f"{what} did not become ready within {timeout_s:.0f}s{tail}", hint=f"see {log}" if log else None)
+    raise SandboxError(
+        f"{what} did not become ready within {timeout_s:.0f}s{log_tail(log)}", hint=f"see {log}" if log else None
+    )
 
 
 class ProcessComponent(Component):
@@ -474,7 +494,7 @@ def prefect_env(settings: SandboxSettings) -> dict[str, str]:
 
 
 class PrefectServerComponent(ProcessComponent):
-    """A local Prefect server on its embedded SQLite database; the UI is at its root."""
+    """A local Prefect server on the sandbox's PostgreSQL (or SQLite, ``prefect_database``); the UI is at its root."""
 
     name = "prefect"
     health_path = "/api/health"
@@ -489,7 +509,31 @@ class PrefectServerComponent(ProcessComponent):
         return [prefect_cli(), "server", "start", "--host", self.settings.host, "--port", str(self.port)]
 
     def process_env(self) -> dict[str, str]:
-        return {**os.environ, **prefect_env(self.settings)}
+        env = {**os.environ, **prefect_env(self.settings)}
+        if self.settings.prefect_database == "postgres":
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url()
+        return env
+
+    def database_url(self) -> str:
+        """The sandbox's PostgreSQL (database ``<postgres_db>_prefect``) as SQLAlchemy's asyncpg URL.
+
+        On SQLite, concurrent flow runs make the server answer "database is locked"; the client then backs off for
+        seconds, and a burst of alerts waits behind it. Production runs Prefect on PostgreSQL; so does the sandbox.
+        """
+        from urllib.parse import quote
+
+        from psycopg.conninfo import conninfo_to_dict
+
+        from sandbox import datagen
+
+        admin_dsn = PostgresComponent(self.settings, self.state)._admin_dsn()
+        info = conninfo_to_dict(datagen.ensure_database(admin_dsn, f"{self.settings.postgres_db}_prefect"))
+        user = quote(str(info.get("user") or "postgres"))
+        password = f":{quote(str(info['password']))}" if info.get("password") else ""
+        host, port, dbname = str(info.get("host") or ""), str(info.get("port") or "5432"), str(info["dbname"])
+        if host.startswith("/"):  # a Unix socket (the embedded server)
+            return f"postgresql+asyncpg://{user}{password}@/{dbname}?host={quote(host)}&port={port}"
+        return f"postgresql+asyncpg://{user}{password}@{host or '127.0.0.1'}:{port}/{dbname}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -520,16 +564,35 @@ class PrefectWorkerComponent(Component):
             pid = processes.spawn_daemon(argv, log_path=log, env=env, cwd=PROJECT_DIR)
             record = {"pid": pid, "log": str(log), "pool": self.settings.work_pool}
             self.state.put(self.name, record)
+        triage_pid = (record.get("pids") or {}).get("triage")
+        if not (triage_pid and processes.is_alive(int(triage_pid))):
+            log = self.settings.home / "logs" / "triage-worker.log"
+            argv = [
+                *[sys.executable, "-m", "runbooks.cli", "worker", "--pool", self.settings.triage_work_pool],
+                *["--name", "sandbox-triage-in-process", "--preload", TRIAGE_ENTRYPOINT, "--query-seconds", "1"],
+            ]
+            triage_pid = processes.spawn_daemon(argv, log_path=log, env=env, cwd=PROJECT_DIR)
+            record = {**record, "pids": {"triage": triage_pid}, "triage_log": str(log)}
+            self.state.put(self.name, record)
         deploy_all(env)
+
+    def down(self) -> None:
+        record = self.state.get(self.name)
+        for pid in (record.get("pids") or {}).values():
+            processes.stop_group(int(pid))
+        super().down()
 
     def status(self) -> ComponentStatus:
         from deployments.apply import deployed_names, deployment_names
 
         record = self.state.get(self.name)
         alive = bool(record.get("pid")) and processes.is_alive(int(record["pid"]))
-        address = f"work pool {self.settings.work_pool!r}"
+        address = f"work pools {self.settings.work_pool!r}, {self.settings.triage_work_pool!r}"
         if not alive:
             return ComponentStatus(self.name, False, address, "worker process not running")
+        triage_pid = (record.get("pids") or {}).get("triage")
+        if not (triage_pid and processes.is_alive(int(triage_pid))):
+            return ComponentStatus(self.name, False, address, "in-process triage worker not running")
         try:
             with _prefect_api(self.settings):
                 found = asyncio.run(deployed_names())
@@ -538,7 +601,9 @@ class PrefectWorkerComponent(Component):
         missing = sorted(set(deployment_names()) - found)
         if missing:
             return ComponentStatus(self.name, False, address, f"deployments missing: {', '.join(missing)}")
-        return ComponentStatus(self.name, True, address, f"worker pid {record['pid']}, {len(found)} deployments")
+        return ComponentStatus(
+            self.name, True, address, f"worker pids {record['pid']}, {triage_pid}; {len(found)} deployments"
+        )
 
 
 def _prefect_api(settings: SandboxSettings) -> Any:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,7 +43,9 @@ class SandboxSettings(BaseSettings):
     platform_port: int = 8100
     receivers_port: int = 8101
     prefect_port: int = 4200
+    prefect_database: Literal["postgres", "sqlite"] = "postgres"  # postgres: database <postgres_db>_prefect
     work_pool: str = "sandbox-process"
+    triage_work_pool: str = "sandbox-triage"  # served by the in-process worker (runbooks/worker.py)
     # Kubernetes control plane (etcd uses k8s_etcd_port and the next one; controller-manager/scheduler +10/+11)
     k8s_api_port: int = 6443
     k8s_etcd_port: int = 12379
@@ -71,7 +74,16 @@ SECRET_NAMES = (
     "slack_bot_token",
     "pagerduty_routing_key",
     "opsgenie_api_key",
+    "backup_encryption_key",
 )
+
+
+def _new_secret(name: str) -> str:
+    if name == "aws_access_key_id":
+        return "AKIA" + secrets.token_hex(8).upper()
+    if name == "backup_encryption_key":  # AES-256 master key of the sandbox's backups: 32 bytes, base64
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(24)
 
 
 class SandboxState:
@@ -111,11 +123,7 @@ class SandboxState:
         missing = [name for name in SECRET_NAMES if name not in existing]
         if missing:
             for name in missing:
-                existing[name] = (
-                    ("AKIA" + secrets.token_hex(8).upper())
-                    if name == "aws_access_key_id"
-                    else secrets.token_urlsafe(24)
-                )
+                existing[name] = _new_secret(name)
             self.home.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.secrets_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:

@@ -148,11 +148,19 @@ async def bgsave(cache: RedisDatabase, *, timeout_s: float = 600.0, poll_interva
         now = await client.time()
         if int(now[0]) <= int(before.timestamp()):
             await asyncio.sleep(1.05 - now[1] / 1e6)
-        try:
-            await client.bgsave()
-        except redis.exceptions.ResponseError as err:
-            if "already in progress" not in str(err):
-                raise
+        while True:
+            try:
+                await client.bgsave()
+                break
+            except redis.exceptions.ResponseError as err:
+                if "already in progress" not in str(err):
+                    raise
+            # Another child is saving: maybe a replica's diskless sync, which never moves LASTSAVE. Wait for it
+            # to end, then ask for our own save (waiting on LASTSAVE alone hung until the timeout).
+            while int((await client.info("persistence")).get("rdb_bgsave_in_progress", 0)):
+                if time.monotonic() - started > timeout_s:
+                    raise BgsaveTimeoutError(cache.safe_address, timeout_s)
+                await asyncio.sleep(poll_interval_s)
         while True:
             persistence = await client.info("persistence")
             last = await client.lastsave()
@@ -174,6 +182,17 @@ async def bgsave(cache: RedisDatabase, *, timeout_s: float = 600.0, poll_interva
     return BgsaveResult(
         address=cache.safe_address, lastsave=last, duration_s=round(time.monotonic() - started, 3), status=status
     )
+
+
+async def last_save(cache: RedisDatabase) -> datetime:
+    """``LASTSAVE``: when the server last finished writing its RDB (any BGSAVE, a replica's included)."""
+    client = cache.get_client()
+    try:
+        return await client.lastsave()
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, "LASTSAVE", err) from err
+    finally:
+        await client.aclose()
 
 
 def _command(*args: str | bytes) -> bytes:
@@ -319,8 +338,12 @@ def redis_server_binary() -> str:
 
 
 @contextmanager
-def rdb_server(rdb_path: Path, *, timeout_s: float = 120.0) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port that loaded ``rdb_path``; yields its URL (no db)."""
+def rdb_server(rdb_path: Path, *, timeout_s: float = 120.0, keep_expired: bool = False) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port that loaded ``rdb_path``; yields its URL (no db).
+
+    ``keep_expired``: run it as a replica of a master that is never there (port 1 of loopback). A master drops
+    the keys whose TTL passed since the backup while it loads the RDB; a replica keeps them, so DBSIZE is what
+    the RDB holds (what a verification compares with the manifest)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
@@ -342,6 +365,7 @@ def rdb_server(rdb_path: Path, *, timeout_s: float = 120.0) -> Iterator[str]:
         "no",
         "--databases",
         "64",
+        *(["--replicaof", "127.0.0.1", "1"] if keep_expired else []),
     ]
     log = rdb_path.parent / f"{rdb_path.name}.server.log"
     pid = processes.spawn_daemon(argv, log_path=log)
@@ -349,21 +373,21 @@ def rdb_server(rdb_path: Path, *, timeout_s: float = 120.0) -> Iterator[str]:
     try:
         client = sync_redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout_s
-        while True:
-            if not processes.is_alive(pid):
-                tail = " / ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-                raise RedisError(f"redis-server could not load {rdb_path.name}: {tail}")
-            try:
-                if int(client.info("persistence").get("loading", 1)) == 0:
-                    break
-            except redis.exceptions.BusyLoadingError:
-                pass
-            except redis.exceptions.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RedisError(f"redis-server did not load {rdb_path.name} within {timeout_s:.0f}s")
-            time.sleep(0.1)
-        client.close()
+        try:
+            while True:
+                if not processes.is_alive(pid):
+                    tail = " / ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+                    raise RedisError(f"redis-server could not load {rdb_path.name}: {tail}", transient=False)
+                try:
+                    if int(client.info("persistence").get("loading", 1)) == 0:
+                        break
+                except (redis.exceptions.BusyLoadingError, redis.exceptions.ConnectionError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RedisError(f"redis-server did not load {rdb_path.name} within {timeout_s:.0f}s")
+                time.sleep(0.1)
+        finally:
+            client.close()
         yield url
     finally:
         processes.stop_group(pid, timeout_s=5)

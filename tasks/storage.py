@@ -83,8 +83,20 @@ async def check_bucket(bucket: S3Bucket, prefix: str = "") -> BucketHealth:
 # Blocking (boto3) functions meant to run in a worker thread (``asyncio.to_thread``); keys are relative to the
 # block's ``bucket_folder``.
 
-#: S3 multipart part size: every part but the last has exactly this size (S3's minimum is 5 MiB).
+#: S3 multipart part size of the first parts (S3's minimum is 5 MiB; 5 MiB parts made the sandbox's moto burn twice
+#: the CPU on the same backup, and did not lower the flow's peak RSS: benchmarks/backup.py)
 PART_SIZE = 8 * 2**20
+#: every this many parts, parts grow by another PART_SIZE: S3 allows 10,000 parts per object, which then hold
+#: 429 GiB (fixed 8 MiB parts would stop at 78 GiB) while a stream under 7.8 GiB never uses more than 8 MiB parts
+PARTS_PER_STEP = 1000
+
+
+def part_size_for(index: int, base: int = PART_SIZE) -> int:
+    """Size of part ``index`` (0-based) of a streamed upload: ``base`` for the first 1,000, then one ``base`` more
+    every 1,000 parts."""
+    return base * (1 + index // PARTS_PER_STEP)
+
+
 #: Error codes of S3 (and compatible servers) worth another try.
 _TRANSIENT_S3_CODES = frozenset(
     {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "Throttling", "RequestTimeTooSkewed"}
@@ -192,7 +204,8 @@ def upload_stream(
     metadata: Mapping[str, str] | None = None,
 ) -> UploadedObject:
     """S3 multipart upload of a byte stream of unknown length, with memory bounded by
-    ``part_size * (max_in_flight + 1)`` whatever the stream's size.
+    ``part_size * (max_in_flight + 2)`` for streams up to 1,000 parts (7.8 GiB at 8 MiB), whatever their size;
+    parts then grow step by step (:func:`part_size_for`) so an object can reach 429 GiB within S3's 10,000 parts.
 
     Parts of ``part_size`` bytes are uploaded by ``max_in_flight`` threads while the stream is read; each part
     is retried on transient errors (``part_retry_delays``). On any failure (S3 or the stream itself) the
@@ -227,10 +240,10 @@ def upload_stream(
                 digest.update(chunk)
                 size += len(chunk)
                 buffer += chunk
-                while len(buffer) >= part_size:
+                while len(buffer) >= (size_now := part_size_for(len(done_parts) + len(pending), part_size)):
                     with memoryview(buffer) as view:
-                        part = view[:part_size].tobytes()  # one copy, then the rest moves down in place
-                    del buffer[:part_size]
+                        part = view[:size_now].tobytes()  # one copy, then the rest moves down in place
+                    del buffer[:size_now]
                     submit(part)
                     del part
             if buffer or not (done_parts or pending):

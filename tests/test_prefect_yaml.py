@@ -39,3 +39,20 @@ def test_no_secret_in_prefect_yaml() -> None:
     text = (ROOT / "prefect.yaml").read_text().lower()
     for word in ("password", "token:", "secret_access_key", "routing_key", "api_key"):
         assert word not in text
+
+
+def test_verify_backup_runs_weekly_one_at_a_time() -> None:
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "verify-backup"]
+    [schedule] = deployment["schedules"]
+    assert schedule["cron"] == "0 4 * * 0" and schedule["timezone"] == "UTC"  # Sundays 04:00 UTC
+    assert schedule["active"] is False  # like every schedule here: switched on per environment
+    assert deployment["concurrency_limit"]["limit"] == 1
+
+
+def test_the_backup_missing_automation_has_its_deployment() -> None:
+    """deployments/automations.py runs ``backup-missing/backup-missing``: the flow name and the deployment name."""
+    from deployments.automations import BACKUP_MISSING_DEPLOYMENT
+
+    flow_name, _, deployment_name = BACKUP_MISSING_DEPLOYMENT.partition("/")
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == deployment_name]
+    assert load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).name == flow_name

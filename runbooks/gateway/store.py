@@ -3,11 +3,13 @@ outbox of Prefect events not yet delivered. Every accept is one transaction, com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ class GatewayStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Durability of a 202: in WAL mode with synchronous=FULL, COMMIT returns only after the WAL (holding the
+        # transaction) is fsynced, so an acknowledged alert survives a crash of the process AND of the machine.
+        # synchronous=NORMAL would fsync only at checkpoints: faster, but a power cut could lose the last acknowledged
+        # alerts, which the gateway promises never to do. The cost is one fsync per group commit, shared by every
+        # request of the batch (see ``Committer``), not one per alert.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -49,12 +56,12 @@ class GatewayStore:
     def remember_signature(self, signature: str, ttl_s: float) -> bool:
         """False when this signature was already used (a replay)."""
         now = time.time()
-        with self._lock:
-            self._db.execute("DELETE FROM signatures WHERE expires_at < ?", (now,))
-            try:
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM signatures WHERE expires_at < ?", (now,))
                 self._db.execute("INSERT INTO signatures VALUES (?, ?)", (signature, now + ttl_s))
-            except sqlite3.IntegrityError:
-                return False
+        except sqlite3.IntegrityError:
+            return False
         return True
 
     def accept(self, alerts: list[NormalizedAlert]) -> list[Outcome]:
@@ -64,17 +71,21 @@ class GatewayStore:
     def accept_batches(self, batches: list[list[NormalizedAlert]]) -> list[list[Outcome]]:
         """Several requests' alerts in ONE committed transaction (group commit: one fsync for all of them)."""
         now = time.time()
-        outcomes: list[list[Outcome]] = []
+        with self._transaction():
+            return [[self._accept_one(alert, now) for alert in alerts] for alerts in batches]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One explicit transaction under the lock. Without it every statement of an ``executemany`` would be a
+        transaction (and an fsync) of its own: 200 outbox rows marked failed held the lock for ~350 ms."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for alerts in batches:
-                    outcomes.append([self._accept_one(alert, now) for alert in alerts])
-                self._db.execute("COMMIT")
+                yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return outcomes
+            self._db.execute("COMMIT")
 
     def _accept_one(self, alert: NormalizedAlert, now: float) -> Outcome:
         row = self._db.execute(
@@ -129,11 +140,11 @@ class GatewayStore:
         return [(row[0], json.loads(row[1])) for row in rows]
 
     def delivered(self, ids: list[int]) -> None:
-        with self._lock:
+        with self._transaction():
             self._db.executemany("UPDATE outbox SET delivered_at = ? WHERE id = ?", [(time.time(), i) for i in ids])
 
     def failed(self, ids: list[int], error: str, backoff_s: float) -> None:
-        with self._lock:
+        with self._transaction():
             self._db.executemany(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 [(time.time() + backoff_s, error[:500], i) for i in ids],

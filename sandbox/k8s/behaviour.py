@@ -41,7 +41,7 @@ class Rules(BaseModel):
     failing_images: list[str] = []  # fnmatch patterns on the container image
     crashloop: list[str] = []
     slow_ready_seconds: dict[str, float] = {}
-    error_logs: list[str] = []
+    error_logs: list[str] = []  # apps, or fnmatch patterns on the image (a release that logs errors)
     memory_growth_mib_per_min: dict[str, float] = {}
     cpu_millicores: dict[str, int] = {}
 
@@ -78,7 +78,7 @@ def resolve(pod: dict[str, Any], container: dict[str, Any], rules: Rules) -> Beh
         crash=bad_image or crashloop,
         reason="image" if bad_image else ("crashloop" if crashloop else ""),
         ready_after_s=ready_after,
-        error_logs=app in rules.error_logs or "error-logs" in flags,
+        error_logs=any(app == p or fnmatch.fnmatchcase(image, p) for p in rules.error_logs) or "error-logs" in flags,
         memory_growth_mib_per_min=float(rules.memory_growth_mib_per_min.get(app, 0.0)),
         cpu_millicores=rules.cpu_millicores.get(app),
     )

@@ -89,6 +89,15 @@ def environment_prefix(kind: BackupKind, environment: str) -> str:
     return f"{kind}/{environment}/"
 
 
+def backup_resource(environment: str, kind: str) -> dict[str, str]:
+    """The Prefect event resource of an environment's backups (what the 26 h automation matches on)."""
+    return {
+        "prefect.resource.id": f"runbooks.backup.{environment}",
+        "prefect.resource.name": f"{environment} backups",
+        "runbooks.backup.kind": kind,
+    }
+
+
 def backup_prefix(kind: BackupKind, environment: str, backup_id: str) -> str:
     """``daily/<environment>/<YYYYMMDDTHHMMSSZ>/``."""
     return f"{environment_prefix(kind, environment)}{backup_id}/"
@@ -130,8 +139,9 @@ class RedisInfo(BaseModel):
     redis_version: str
     key_count: int = Field(description="keys of the block's database when the RDB was taken")
     keyspace: dict[int, int] = Field(description="keys per database (the RDB holds every database)")
-    bgsave_duration_s: float
-    lastsave: datetime
+    bgsave_duration_s: float | None = Field(default=None, description="a separate BGSAVE before the sync, if any")
+    lastsave: datetime = Field(description="LASTSAVE after the RDB was fetched")
+    snapshot: str = Field(default="bgsave, then sync", description="how the RDB was taken")
 
 
 class PartResult(BaseModel):

@@ -77,6 +77,9 @@ class UploadTarget:
     #: multithreaded zstd holds several MiB more per part)
     threads: int = 0
     part_size: int = PART_SIZE
+    #: S3 part uploads in flight per object while the next part is read and compressed (memory: about
+    #: ``part_size x (uploads_in_flight + 1)`` per part being backed up)
+    uploads_in_flight: int = 2
     part_retry_delays: tuple[float, ...] = (1.0, 4.0)
 
 
@@ -133,6 +136,7 @@ def compress_and_upload(
             key,
             stream,
             part_size=target.part_size,
+            max_in_flight=target.uploads_in_flight,
             part_retry_delays=target.part_retry_delays,
             content_type="application/zstd",
             metadata={"runbooks-part": part, "runbooks-format": format},

@@ -100,6 +100,12 @@ def check_database_name(name: str) -> str:
     return name
 
 
+def scratch_database_name(live: str, purpose: str, backup_id: str) -> str:
+    """``<live>_<purpose>_<backup id>``, the live name cut so the whole fits PostgreSQL's 63 bytes."""
+    suffix = f"_{purpose}_{backup_id.lower()}"
+    return check_database_name(live[: 63 - len(suffix)] + suffix)
+
+
 @task
 async def create_database(db: PostgresDatabase, name: str) -> str:
     """``CREATE DATABASE <name> TEMPLATE template0`` on the block's server; an existing one is an error."""

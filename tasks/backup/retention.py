@@ -9,8 +9,10 @@ while the newest backup is not complete. Incomplete or failed backups older than
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from prefect import task
@@ -29,6 +31,18 @@ from tasks.backup.manifest import (
 from tasks.storage import delete_stored, get_bytes, list_stored
 
 BackupStatus = Literal["completed", "failed", "incomplete"]
+
+#: what the runbook's script left on local disk (``/backups/<date>/`` and ``backup-<date>.tar.gz``), and what an
+#: interrupted restore may leave in a staging directory
+LOCAL_PATTERNS = ("backup-*.tar.gz", "*.dump", "*.rdb", "*.sql", "*.sql.gz")
+
+
+class LocalCleanup(BaseModel):
+    directory: str
+    older_than_days: float
+    deleted: list[str] = Field(default_factory=list, description="deleted, or would be in a dry run")
+    kept: int = 0
+    dry_run: bool = True
 
 
 class StoredBackup(BaseModel):
@@ -69,6 +83,7 @@ class RetentionPlan(BaseModel):
     decisions: list[RetentionDecision] = Field(default_factory=list)
     skipped_reason: str | None = Field(default=None, description="why nothing at all is deleted, if so")
     applied: bool = False
+    local: LocalCleanup | None = Field(default=None, description="the local staging clean-up, when asked for")
 
     @property
     def to_delete(self) -> list[RetentionDecision]:
@@ -92,6 +107,14 @@ class RetentionPlan(BaseModel):
                 f"| {d.backup_id} | {d.status} | {'✅' if d.verified else ''} | {d.size / 2**20:.1f} MiB "
                 f"| {action} | {'; '.join(d.reasons)} |"
             )
+        if self.local is not None:
+            verb = "would delete" if self.local.dry_run else "deleted"
+            lines += [
+                "",
+                f"Local staging `{self.local.directory}`: {verb} {len(self.local.deleted)} file(s) older than "
+                f"{self.local.older_than_days:g} days, kept {self.local.kept}.",
+                *[f"- `{name}`" for name in self.local.deleted[:50]],
+            ]
         return "\n".join(lines)
 
 
@@ -217,3 +240,26 @@ async def apply_retention(bucket: S3Bucket, plan: RetentionPlan, backups: list[S
         await asyncio.to_thread(delete_stored, bucket, rest)
         deleted += markers + rest
     return deleted
+
+
+@task
+def clean_local_staging(directory: Path, older_than_days: float = 7, *, dry_run: bool = True) -> LocalCleanup:
+    """The runbook's ``find /backups -name "backup-*.tar.gz" -mtime +7 -delete``, for the files our flows and the
+    old script leave behind (:data:`LOCAL_PATTERNS`), never following symbolic links out of ``directory``.
+    Idempotent: a file already gone is not an error."""
+    root = directory.resolve()
+    result = LocalCleanup(directory=str(root), older_than_days=older_than_days, dry_run=dry_run)
+    if not root.is_dir():
+        return result
+    cutoff = time.time() - older_than_days * 86400
+    candidates = {path for pattern in LOCAL_PATTERNS for path in root.rglob(pattern)}
+    for path in sorted(candidates):
+        if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(root):
+            continue
+        if path.stat().st_mtime >= cutoff:
+            result.kept += 1
+            continue
+        result.deleted.append(str(path.relative_to(root)))
+        if not dry_run:
+            path.unlink(missing_ok=True)
+    return result

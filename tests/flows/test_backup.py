@@ -4,6 +4,7 @@ injected by a TCP proxy: S3 dying mid-upload, pg_dump's connection terminated or
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import yaml
+import zstandard
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -24,6 +27,8 @@ from blocks.redis import RedisDatabase
 from flows.backup import RetentionSettings, backup_retention, daily_backup, schema_backup
 from sandbox.blocks import sandbox_environment, save_environment
 from sandbox.manager import Sandbox
+from tasks.backup.crypto import EncryptedEnvelope
+from tasks.backup.kubernetes import encrypted_objects, read_encrypted, read_log_records
 from tasks.backup.manifest import BACKUP_ID_FORMAT, Manifest, backup_prefix
 from tasks.backup.pipeline import download_verified
 from tasks.backup.restore import read_manifest
@@ -145,7 +150,7 @@ async def test_manifest_lists_every_object_with_its_sha256(
         assert obj.size == stored[obj.key] == len(data)
         assert obj.sha256 == hashlib.sha256(data).hexdigest()
         assert obj.compression == "zstd" and obj.compression_level == 3 and obj.raw_size > obj.size
-    assert {o.part for o in manifest.objects} == {"postgres", "redis"}
+    assert {o.part for o in manifest.objects} == {"postgres", "redis", "kubernetes", "logs"}
     pg = manifest.postgres
     assert pg is not None and pg.snapshot and pg.server_version and pg.pg_dump_version
     assert pg.database == env.postgres.dbname
@@ -153,7 +158,7 @@ async def test_manifest_lists_every_object_with_its_sha256(
     assert {"public.users", "public.ai_queries", "public.audit_events"} <= set(pg.row_counts)
     rd = manifest.redis
     assert rd is not None and rd.redis_version and rd.key_count > 0 and rd.keyspace[rd.db] >= rd.key_count - 50
-    assert set(manifest.parts) == {"postgres", "redis"} and manifest.tools["zstandard"]
+    assert set(manifest.parts) == {"postgres", "redis", "kubernetes", "logs"} and manifest.tools["zstandard"]
     # the report artifact, and the event the "no backup for 26 h" automation listens to
     async with get_client() as client:
         artifacts = await client.read_latest_artifacts()
@@ -162,9 +167,9 @@ async def test_manifest_lists_every_object_with_its_sha256(
     markdown = str(by_key[f"backup-{TEST_ENVIRONMENT}"].data)
     assert "MiB/s" in markdown and report.backup_id in markdown and "ai_queries" in markdown
     assert by_key[f"daily-backup-progress-{TEST_ENVIRONMENT}"].data == 100.0
-    completed = await events(BACKUP_EVENTS, f"runbooks.backup.{TEST_ENVIRONMENT}", since)
+    found = await events(BACKUP_EVENTS, f"runbooks.backup.{TEST_ENVIRONMENT}", since)
+    completed = [e for e in found if e.payload.get("backup_id") == report.backup_id]  # earlier tests back up too
     assert [e.event for e in completed] == ["backup.completed"]
-    assert completed[0].payload["backup_id"] == report.backup_id
     # retention ran after the backup and kept it
     assert report.retention is not None and report.retention.applied
     assert report.backup_id not in {d.backup_id for d in report.retention.to_delete}
@@ -203,8 +208,13 @@ async def test_schema_backup_on_demand(env: RunbookEnvironment, tmp_path: Path) 
 async def test_dry_run_writes_nothing(env: RunbookEnvironment) -> None:
     report = await daily_backup(environment=TEST_ENVIRONMENT, dry_run=True, retention=NO_RETENTION)
     assert report.status == "dry-run"
-    assert set(report.planned) == {"bucket", "postgres", "redis"}
-    assert "pg_dump -Fc" in report.planned["postgres"] and "BGSAVE" in report.planned["redis"]
+    assert set(report.planned) == {"bucket", "postgres", "redis", "kubernetes", "logs"}
+    assert "pg_dump -Fc" in report.planned["postgres"] and "SYNC" in report.planned["redis"]
+    assert (
+        "production: " in report.planned["kubernetes"]
+        and "Secrets encrypted with AES-256-GCM" in (report.planned["kubernetes"])
+    )
+    assert "logs of the last 24 h" in report.planned["logs"]
     assert list_stored(env.backups, report.prefix) == []
 
 
@@ -336,3 +346,220 @@ async def test_retention_with_failed_newest_deletes_nothing_and_keeps_newest_ver
     assert plan.applied
     assert remaining() == {newest, ids[0], ids[7]}  # 2 daily (today, yesterday) + the newest verified
     assert get_bytes(variant.backups, f"daily/{name}/{ids[7]}/verified.json") == b"{}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kubernetes (Secrets encrypted client-side) and application logs
+
+
+async def seeded_secret_values(admin_kubeconfig: Path, namespace: str = "production") -> dict[str, dict[str, str]]:
+    """The Secrets of ``namespace`` as the cluster admin reads them: name → key → value (decoded)."""
+    from kubernetes_asyncio import client as k8s
+    from kubernetes_asyncio import config as k8s_config
+
+    configuration = k8s.Configuration()
+    await k8s_config.load_kube_config(config_file=str(admin_kubeconfig), client_configuration=configuration)
+    async with k8s.ApiClient(configuration) as api:
+        secrets = await k8s.CoreV1Api(api).list_namespaced_secret(namespace)
+    return {
+        s.metadata.name: {k: base64.b64decode(v).decode(errors="replace") for k, v in (s.data or {}).items()}
+        for s in secrets.items
+        if s.type != "kubernetes.io/service-account-token"
+    }
+
+
+def needles(values: dict[str, dict[str, str]]) -> dict[str, bytes]:
+    """What must never be found in clear: each secret value (long enough not to match by chance) and its base64."""
+    found: dict[str, bytes] = {}
+    for name, data in values.items():
+        for key, value in data.items():
+            if len(value) >= 12:
+                found[f"{name}/{key}"] = value.encode()
+                found[f"{name}/{key} (base64)"] = base64.b64encode(value.encode())
+                if "\n" in value:  # PEM: a single line of it is a leak too
+                    line = max(value.splitlines(), key=len)
+                    found[f"{name}/{key} (a line)"] = line.encode()
+    return found
+
+
+def leaks(data: bytes | str, where: str, secret_needles: dict[str, bytes]) -> list[str]:
+    blob = data.encode() if isinstance(data, str) else data
+    return [f"{name} in {where}" for name, needle in secret_needles.items() if needle in blob]
+
+
+def unzstd(data: bytes) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except zstandard.ZstdError:
+        return b""
+
+
+async def flow_run_logs(flow_run_id: str) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()
+    messages: list[str] = []
+    for _ in range(20):
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])))
+        messages = [log.message for log in logs]
+        if any("Application logs of" in m for m in messages):
+            break
+        await asyncio.sleep(0.5)
+    return messages
+
+
+async def all_events_since(since: datetime) -> list[Any]:
+    async with get_client() as client:
+        page = await client.read_events(EventFilter(occurred=EventOccurredFilter(since=since)), limit=50)
+        found = list(page.events)
+        while page.next_page:
+            page = await client.read_events_page(page.next_page)
+            found.extend(page.events)
+    return found
+
+
+async def test_kubernetes_and_logs_parts_encrypt_secrets_and_leak_none(
+    completed_backup: Any, env: RunbookEnvironment, admin_kubeconfig: Path, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import get_current_settings
+
+    report, since = completed_backup
+    manifest = await read_manifest(env.backups, report.prefix)
+    assert manifest is not None and manifest.flow_run_id
+    base = f"{report.prefix}kubernetes/production/"
+    by_key = {o.key: o for o in manifest.objects}
+    assert {o.key for o in manifest.objects_of("kubernetes")} == {
+        f"{base}k8s-resources.yaml.zst",
+        f"{base}configmaps.yaml.zst",
+        f"{base}secrets.yaml.enc.zst",
+    }
+    assert [o.key for o in manifest.objects_of("logs")] == [f"{report.prefix}logs/production/application.ndjson.zst"]
+    # the manifest says which object is encrypted, with what, under which key
+    assert [o.key for o in encrypted_objects(manifest)] == [f"{base}secrets.yaml.enc.zst"]
+    assert by_key[f"{base}secrets.yaml.enc.zst"].format == "k8s-secrets-yaml+aes-256-gcm-envelope"
+    k8s_info = manifest.parts["kubernetes"]
+    assert env.backup_encryption is not None
+    assert k8s_info["secrets"] == "encrypted" and k8s_info["encryption"] == {
+        "cipher": "AES-256-GCM",
+        "key_wrap": "AES-256-KW",
+        "key_id": env.backup_encryption.key_id,
+        "key_fingerprint": env.backup_encryption.fingerprint,
+        "objects": [f"{base}secrets.yaml.enc.zst"],
+    }
+    [ns_info] = k8s_info["namespaces"]
+    assert ns_info["namespace"] == "production" and ns_info["counts"]["deployments"] == 4
+    assert ns_info["counts"]["secrets"] == 3 and ns_info["counts"]["configmaps"] >= 7
+
+    # the non-secret YAML is what `kubectl get all` / `get configmaps` print, without any Secret
+    resources = yaml.safe_load(
+        download_verified(env.backups, by_key[f"{base}k8s-resources.yaml.zst"], tmp_path / "r").read_text()
+    )
+    kinds = {i["kind"] for i in resources["items"]}
+    assert {"Deployment", "ReplicaSet", "Pod", "Service", "HorizontalPodAutoscaler"} <= kinds and "Secret" not in kinds
+    configmaps = yaml.safe_load(
+        download_verified(env.backups, by_key[f"{base}configmaps.yaml.zst"], tmp_path / "c").read_text()
+    )
+    assert "ai-multimodel-config" in {i["metadata"]["name"] for i in configmaps["items"]}
+
+    # the Secrets decrypt back to exactly what the cluster holds
+    seeded = await seeded_secret_values(admin_kubeconfig)
+    assert {"ai-multimodel-secrets", "postgresql-credentials", "ai-multimodel-tls"} <= set(seeded)
+    plain = await asyncio.to_thread(
+        read_encrypted, env.backups, by_key[f"{base}secrets.yaml.enc.zst"], env.backup_encryption
+    )
+    restored = yaml.safe_load(plain.get_secret_value())
+    assert {
+        i["metadata"]["name"]: {
+            k: base64.b64decode(v).decode(errors="replace") for k, v in (i.get("data") or {}).items()
+        }
+        for i in restored["items"]
+    } == seeded
+    envelope = EncryptedEnvelope.from_bytes(
+        download_verified(env.backups, by_key[f"{base}secrets.yaml.enc.zst"], tmp_path / "e").read_bytes()
+    )
+    assert envelope.context == {
+        "environment": TEST_ENVIRONMENT,
+        "backup_id": report.backup_id,
+        "namespace": "production",
+        "content": "kubectl get secrets -o yaml",
+    }
+
+    # the logs: every Deployment's pods, one JSON object per line, from the last 24 h
+    logs_path = download_verified(env.backups, manifest.objects_of("logs")[0], tmp_path / "logs.ndjson")
+    records = list(read_log_records(logs_path))
+    assert {r["deployment"] for r in records} == {"ai-multimodel-api", "ai-multimodel-frontend", "postgresql", "redis"}
+    api_pods = {r["pod"] for r in records if r["deployment"] == "ai-multimodel-api"}
+    assert len(api_pods) == 3 and all(r["time"] and r["message"] for r in records)
+    assert any("listening on 0.0.0.0:8000" in r["message"] for r in records)
+    cutoff = (datetime.now(UTC) - timedelta(hours=24, minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert all(r["time"] >= cutoff for r in records)
+    assert manifest.parts["logs"]["lines"] == len(records) and manifest.parts["logs"]["since_seconds"] == 86400
+
+    # no seeded value anywhere in clear: S3 (every object of the bucket, raw and decompressed), the run's logs,
+    # its artifacts, every event since it started, its result, and the local result storage
+    secret_needles = needles(seeded)
+    assert len(secret_needles) >= 12
+    secret_needles["the master key"] = env.backup_encryption.key.get_secret_value().encode()
+    assert leaks(plain.get_secret_value(), "decrypted secrets", secret_needles)  # the check does find them
+    found: list[str] = []
+    stored = list_stored(env.backups, "")
+    assert len(stored) >= len(manifest.objects)
+    for obj in stored:
+        data = get_bytes(env.backups, obj.key) or b""
+        found += leaks(data, obj.key, secret_needles) + leaks(unzstd(data), f"{obj.key} (decompressed)", secret_needles)
+    messages = await flow_run_logs(manifest.flow_run_id)
+    assert any("Application logs of production backed up" in m for m in messages), messages
+    assert any("Kubernetes namespace production backed up" in m for m in messages), messages
+    found += leaks("\n".join(messages), "the flow run's logs", secret_needles)
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(manifest.flow_run_id)]))
+        )
+    assert artifacts
+    found += leaks("\n".join(a.model_dump_json() for a in artifacts), "the run's artifacts", secret_needles)
+    assert await events(BACKUP_EVENTS, f"runbooks.backup.{TEST_ENVIRONMENT}", since)  # persisted by now
+    run_events = await all_events_since(since)
+    assert any(e.event == "backup.completed" for e in run_events)
+    found += leaks("\n".join(e.model_dump_json() for e in run_events), "events", secret_needles)
+    found += leaks(report.model_dump_json(), "the flow's result", secret_needles)
+    storage = Path(get_current_settings().results.local_storage_path)
+    for path in storage.rglob("*") if storage.exists() else []:
+        if path.is_file():
+            found += leaks(path.read_bytes(), str(path), secret_needles)
+    assert found == []
+
+
+async def test_kubernetes_without_encryption_key_refuses_and_writes_nothing(sandbox: Sandbox) -> None:
+    name = f"rb-test-nokey-{uuid.uuid4().hex[:6]}"
+    variant = sandbox_environment(sandbox.settings, sandbox.state)
+    variant.backup_encryption = None
+    await save_environment(variant, name)
+    state = await daily_backup(environment=name, parts=["kubernetes"], retention=NO_RETENTION, return_state=True)
+    assert state.is_failed()
+    message = state.message or ""
+    assert f"'runbooks-environment/{name}'" in message and "'backup_encryption'" in message, message
+    assert "never in clear" in message
+    assert list_stored(variant.backups, f"daily/{name}/") == []
+    # a dry run says so too, before anything is read
+    dry = await daily_backup(
+        environment=name, parts=["kubernetes"], dry_run=True, retention=NO_RETENTION, return_state=True
+    )
+    assert dry.is_failed() and "'backup_encryption'" in (dry.message or "")
+
+
+async def test_parts_needing_kubernetes_are_skipped_without_it(sandbox: Sandbox) -> None:
+    name = f"rb-test-nok8s-{uuid.uuid4().hex[:6]}"
+    variant = sandbox_environment(sandbox.settings, sandbox.state)
+    variant.kubernetes = None
+    await save_environment(variant, name)
+    report = await daily_backup(environment=name, parts=["kubernetes", "logs"], retention=NO_RETENTION)
+    assert report.status == "completed"
+    manifest = await read_manifest(variant.backups, report.prefix)
+    assert manifest is not None and manifest.objects == []
+    assert manifest.parts["kubernetes"]["skipped"] == manifest.parts["logs"]["skipped"]
+    assert "no Kubernetes block" in manifest.parts["logs"]["skipped"]
+    dry = await daily_backup(environment=name, dry_run=True, retention=NO_RETENTION)
+    assert dry.planned["kubernetes"].startswith("skipped") and dry.planned["logs"].startswith("skipped")

@@ -13,12 +13,20 @@ import httpx
 import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import aresume_flow_run
 
+import flows.triage
+from blocks.environment import load_environment
 from blocks.kubernetes import KubernetesCluster
 from flows.triage import incident_triage
 from flows.triage_policy import load_policy
 from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
+from tasks.platform import fetch_metrics
 from tests.conftest import TEST_ENVIRONMENT
 
 API = "ai-multimodel-api"
@@ -139,3 +147,190 @@ async def test_dry_run_changes_nothing(
     ]
     config = httpx.get(f"{url}/admin/models/qwen/config", headers=headers).json()
     assert config["fallback_model"] is None  # the mitigation was only described, not applied
+
+
+@pytest.fixture()
+async def without_hpa(admin_kubeconfig: Path) -> Any:
+    """The API's HPA out of the way while a test scales by hand, then back as it was, fresh.
+
+    Scaled by hand to 10, the HPA remembers a recommendation of about 7 for its 5-minute scale-down window, and
+    scales the API back up to 6 after the test put it back to 3: later tests would find 6 pods.
+    """
+    api_client = await k8s_config.new_client_from_config(config_file=str(admin_kubeconfig))
+    async with api_client:
+        autoscaling = k8s_client.AutoscalingV1Api(api_client)
+        hpa = await autoscaling.read_namespaced_horizontal_pod_autoscaler(API, "production")
+        await autoscaling.delete_namespaced_horizontal_pod_autoscaler(API, "production")
+        try:
+            yield
+        finally:
+            body = {
+                "apiVersion": "autoscaling/v1",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": API, "namespace": "production", "labels": hpa.metadata.labels},
+                "spec": api_client.sanitize_for_serialization(hpa.spec),
+            }
+            await autoscaling.create_namespaced_horizontal_pod_autoscaler("production", body)
+
+
+async def _paused_triage(incident_id: str, run: asyncio.Task[Any]) -> Any:
+    for _ in range(240):
+        if run.done():  # finished without pausing: show why
+            raise AssertionError(f"the triage did not pause: {run.result()}")
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["incident-triage"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))),
+            )
+        for run in runs:
+            if run.parameters.get("incident_id") == incident_id:
+                return run.id
+        await asyncio.sleep(0.5)
+    raise AssertionError("the triage never paused for approval")
+
+
+@pytest.mark.parametrize("approve", [True, False])
+async def test_p2_mitigation_waits_for_approval(
+    sandbox: Sandbox,
+    platform_admin: tuple[str, dict[str, str]],
+    receivers_url: str,
+    clean_node: None,
+    kubernetes_cluster: KubernetesCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    without_hpa: None,
+    approve: bool,
+) -> None:
+    """Slow responses (p95 between 1.5 s and 3 s) are P2: scale out, but only once a human approves."""
+    monkeypatch.setattr(flows.triage, "APPROVAL_POLL_INTERVAL_S", 1)
+    url, headers = platform_admin
+    baseline = await fetch_metrics.fn((await load_environment(TEST_ENVIRONMENT)).platform)
+    assert baseline.response_time_p95_s is not None and baseline.response_time_p95_s < 1.5
+    added_ms = (2.2 - baseline.response_time_p95_s) / 1.8 * 1000  # the double's p95 is 1.8 x the mean
+    httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"latency_ms": added_ms}).raise_for_status()
+    before = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    run = asyncio.create_task(
+        incident_triage(
+            alert_name="HighResponseTime",
+            incident_id=incident_id,
+            alert_severity="warning",
+            environment=TEST_ENVIRONMENT,
+            dry_run=False,
+        )
+    )
+    try:
+        run_id = await _paused_triage(incident_id, run)
+        # paused: told, but nothing applied before a human decides
+        assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).replicas == before.replicas
+        slack = [e for e in httpx.get(f"{receivers_url}/_received").json() if e["system"] == "slack"]
+        assert len(slack) == 1 and "P2" in json.dumps(slack[0]["body"]["blocks"])
+        await aresume_flow_run(run_id, run_input={"approve": approve, "approver": "alice", "note": "checked graphs"})
+        report = await asyncio.wait_for(run, timeout=120)
+
+        assert report.severity == "P2"
+        [mitigation] = report.mitigations
+        assert (mitigation.action, mitigation.target, mitigation.by) == ("scale_out", API, "alice")
+        replicas = (await k8s.get_deployment.fn(kubernetes_cluster, API)).replicas
+        if approve:
+            assert mitigation.outcome == "applied" and replicas == load_policy().mitigation.scale_out_replicas
+        else:
+            assert mitigation.outcome == "rejected" and mitigation.detail == "checked graphs"
+            assert replicas == before.replicas
+    finally:
+        run.cancel()
+        await k8s.scale_deployment.fn(kubernetes_cluster, API, before.replicas)
+
+
+async def test_updates_in_the_thread_until_resolved(
+    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], receivers_url: str, clean_node: None
+) -> None:
+    url, headers = platform_admin
+    httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"error_rate": 0.2}).raise_for_status()
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    run = asyncio.create_task(
+        incident_triage(
+            alert_name="HighErrorRate",
+            incident_id=incident_id,
+            alert_severity="critical",
+            environment=TEST_ENVIRONMENT,
+            dry_run=True,
+            watch_s=120,
+            update_interval_s=1,
+        )
+    )
+
+    def slack() -> list[dict[str, Any]]:
+        return [e for e in httpx.get(f"{receivers_url}/_received").json() if e["system"] == "slack"]
+
+    for _ in range(120):  # until at least two status updates went out
+        if sum("INCIDENT UPDATE" in e["body"]["text"] for e in slack()) >= 2:
+            break
+        await asyncio.sleep(0.5)
+    httpx.delete(f"{url}/_sandbox/faults", headers=headers).raise_for_status()  # the error rate recovers
+    report = await asyncio.wait_for(run, timeout=120)
+
+    assert report.severity == "P1" and report.resolved
+    messages = slack()
+    texts = [e["body"]["text"] for e in messages]
+    updates = [t for t in texts if "INCIDENT UPDATE" in t]
+    assert len(updates) >= 2 and all("metrics" in t for t in updates)
+    assert "RESOLVED" in texts[-1]
+    assert all(e["body"].get("thread_ts") == messages[0]["ts"] for e in messages[1:])  # all in the first's thread
+    received = httpx.get(f"{receivers_url}/_received").json()
+    assert [e["kind"] for e in received if e["system"] == "pagerduty"] == ["trigger", "resolve"]
+
+
+async def test_error_rate_after_fresh_rollout_is_rolled_back(
+    sandbox: Sandbox,
+    platform_admin: tuple[str, dict[str, str]],
+    receivers_url: str,
+    clean_node: None,
+    kubernetes_cluster: KubernetesCluster,
+    admin_kubeconfig: Path,
+) -> None:
+    """A release that runs (no crash loop) but fails requests: its pods log errors, the error rate climbs."""
+    url, headers = platform_admin
+    before = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    bad = "ghcr.io/genspark/ai-multimodel-api:v9.9.8-bad-query"
+    await set_node_behaviour(admin_kubeconfig, {"error_logs": ["*:v9.9.8-bad-query"]})
+    await k8s.set_image.fn(kubernetes_cluster, API, bad, change_cause="deploy v9.9.8")
+    status = await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=120)  # raises unless it completes
+    assert status.deployment.images == [bad] and status.deployment.ready == status.deployment.replicas
+    for _ in range(60):  # the new pods have logged their first ERROR lines (what the alert is about)
+        logs = await k8s.deployment_logs.fn(kubernetes_cluster, API, all_pods=True, since_seconds=600)
+        if k8s.grep_lines(logs.lines, r"ERROR"):
+            break
+        await asyncio.sleep(1)
+    else:
+        raise AssertionError("the bad release never logged an ERROR line")
+    httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"error_rate": 0.25}).raise_for_status()
+
+    async def error_rate_follows_the_release() -> None:  # what the platform double cannot know by itself
+        while True:
+            if (await k8s.get_deployment.fn(kubernetes_cluster, API)).images != [bad]:
+                httpx.delete(f"{url}/_sandbox/faults", headers=headers).raise_for_status()
+                return
+            await asyncio.sleep(0.5)
+
+    follower = asyncio.create_task(error_rate_follows_the_release())
+    try:
+        report = await incident_triage(
+            alert_name="HighErrorRate",
+            incident_id=f"inc-{uuid.uuid4().hex[:8]}",
+            alert_severity="critical",
+            environment=TEST_ENVIRONMENT,
+            dry_run=False,
+            watch_s=60,
+            update_interval_s=1,
+        )
+    finally:
+        follower.cancel()
+    assert report.severity == "P1" and report.facts["error_rate"] > 0.10
+    assert report.facts["recent_rollout"] is True and report.facts["crashlooping_pods"] == 0
+    assert report.facts["error_log_lines"] > 0
+    assert [(m.action, m.outcome) for m in report.mitigations] == [("rollback", "applied")]
+    after = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    assert after.images == before.images and after.revision > before.revision
+    assert report.resolved
+    received = httpx.get(f"{receivers_url}/_received").json()
+    assert [e["kind"] for e in received if e["system"] == "pagerduty"] == ["trigger", "resolve"]

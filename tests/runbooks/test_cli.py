@@ -37,7 +37,7 @@ def test_check_passes_on_the_sandbox(sandbox: Sandbox) -> None:
     result = runbooks("check", "-e", TEST_ENVIRONMENT, sandbox=sandbox)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 8 and all(line.startswith("ok") for line in lines)
+    assert len(lines) == 9 and all(line.startswith("ok") for line in lines)  # 8 systems and the backup key
 
 
 async def test_wrong_token_names_the_platform_block_and_field(sandbox: Sandbox) -> None:

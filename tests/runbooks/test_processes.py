@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,12 +27,18 @@ def test_stop_group_kills_children(tmp_path: Path) -> None:
 
 
 def test_run_timeout_kills_the_group() -> None:
+    # a grandchild with a command line of its own (no other process on the machine has it)
+    marker = f"300.{uuid.uuid4().int % 10**9:09d}"
+    spawns = f"import subprocess, time; subprocess.Popen(['sleep', '{marker}']); time.sleep(300)"
     with pytest.raises(processes.ProcessError, match="timed out"):
-        processes.run([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=1)
-    # the grandchild `sleep 300` must be gone too
-    import subprocess
-
-    leftover = subprocess.run(["pgrep", "-f", "^sleep 300$"], capture_output=True, text=True, check=False)
+        processes.run([sys.executable, "-c", spawns], timeout_s=1)
+    # the grandchild must be gone too (the kernel may take a moment to tear a killed process down)
+    deadline = time.monotonic() + 5
+    while True:
+        leftover = subprocess.run(["pgrep", "-f", f"^sleep {marker}$"], capture_output=True, text=True, check=False)
+        if not leftover.stdout.strip() or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert leftover.stdout.strip() == ""
 
 

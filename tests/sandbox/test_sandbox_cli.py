@@ -6,14 +6,19 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from runbooks import processes
 from sandbox.components import port_open
 from sandbox.manager import COMPONENTS
-from tests.conftest import drop_database, make_settings
+from tests.conftest import drop_database, free_port, make_settings
 
 
 def _processes_holding(path: Path) -> list[int]:
@@ -33,6 +38,83 @@ def _processes_holding(path: Path) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _alerts_while_prefect_is_down(
+    settings: Any, env: dict[str, str], tmp_path: Path, runbooks: Callable[..., subprocess.CompletedProcess[str]]
+) -> list[str]:
+    token = uuid.uuid4().hex
+    port = free_port()
+    gateway = processes.spawn_daemon(
+        [sys.executable, "-m", "runbooks.cli", "gateway", "serve", "--port", str(port)],
+        log_path=tmp_path / "gateway.log",
+        env={
+            **env,
+            "RUNBOOKS_GATEWAY_TOKEN": token,
+            "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),
+            "RUNBOOKS_GATEWAY_PREFECT_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
+            "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "1",
+        },
+    )
+    try:
+        for _ in range(100):
+            if port_open("127.0.0.1", port):
+                break
+            time.sleep(0.2)
+        down = runbooks("sandbox", "down", "--only", "prefect")
+        assert down.returncode == 0, down.stderr
+        assert not port_open("127.0.0.1", settings.prefect_port)
+        incident_ids = []
+        for name in ("HighErrorRate", "HighResponseTime", "ModelDown"):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/alerts/alertmanager",
+                headers={"Authorization": f"Bearer {token}"},
+                json={
+                    "version": "4",
+                    "status": "firing",
+                    "receiver": "runbooks",
+                    "groupKey": f"{{}}:{{alertname={name}}}",
+                    "alerts": [
+                        {
+                            "status": "firing",
+                            "labels": {"alertname": name, "severity": "critical", "environment": settings.environment},
+                            "annotations": {"summary": f"{name} while Prefect is down"},
+                            "fingerprint": uuid.uuid4().hex[:16],
+                        }
+                    ],
+                },
+            )
+            assert response.status_code == 202, response.text
+            incident_ids.append(str(response.json()["incidents"][0]["incident_id"]))
+        time.sleep(2)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["pending_events"] == 3
+        up = runbooks("sandbox", "up", "--only", "prefect")
+        assert up.returncode == 0, up.stderr[-3000:]
+        for _ in range(120):  # delivered from the outbox once Prefect answers
+            pending = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+            if not pending.get("pending_events"):
+                break
+            time.sleep(0.5)
+        return incident_ids
+    finally:
+        processes.stop_group(gateway)
+
+
+def _wait_for_triage_run(prefect_port: int, incident_id: str, timeout_s: float = 240) -> dict[str, Any]:
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    deadline = time.monotonic() + timeout_s
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        runs = httpx.post(
+            f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["incident-triage"]}}, "limit": 50}
+        ).json()
+        for run in runs:
+            if run["parameters"].get("incident_id") == incident_id:
+                last = run
+                if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+                    return dict(run)
+        time.sleep(1)
+    raise AssertionError(f"no finished incident-triage run for {incident_id} within {timeout_s}s: {last}")
 
 
 @pytest.mark.slow
@@ -98,9 +180,18 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         pids += [int(pid) for r in records for pid in (r.get("pids") or {}).values()]
         assert len(pids) >= 10  # moto, 2 uvicorns, prefect, worker, etcd, 3 control-plane binaries, node agent
         assert "export KUBECONFIG=" in exports
+
+        # alerts accepted while the Prefect server is down are all triaged once it is back: gateway → outbox →
+        # event → the deployment's trigger → worker → a completed incident-triage flow run
+        incident_ids = _alerts_while_prefect_is_down(settings, env, tmp_path, runbooks)
+        runs = [_wait_for_triage_run(settings.prefect_port, incident_id) for incident_id in incident_ids]
+        assert [run["state_type"] for run in runs] == ["COMPLETED"] * 3, runs
+        assert [run["parameters"]["alert_name"] for run in runs] == ["HighErrorRate", "HighResponseTime", "ModelDown"]
+        assert {run["parameters"]["environment"] for run in runs} == {settings.environment}
     finally:
         down = runbooks("sandbox", "down")
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)
+        drop_database(settings.postgres_admin_dsn, f"{settings.postgres_db}_prefect")  # the Prefect server's
         redis.Redis.from_url(settings.redis_url).flushdb()
     assert down.returncode == 0, down.stderr
     assert not any(processes.is_alive(pid) for pid in pids)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import socket
 import struct
@@ -31,9 +32,9 @@ from runbooks.errors import StorageError
 from sandbox.manager import Sandbox
 from tasks.backup.manifest import BackupCancelledError, CorruptObjectError
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
-from tasks.backup.retention import RetentionPolicy, StoredBackup, plan_retention
+from tasks.backup.retention import RetentionPolicy, StoredBackup, clean_local_staging, plan_retention
 from tasks.redis import BgsaveTimeoutError, bgsave, fetch_rdb, rdb_keyspace, rdb_server
-from tasks.storage import delete_stored, get_bytes, object_key, upload_stream
+from tasks.storage import PART_SIZE, delete_stored, get_bytes, object_key, part_size_for, upload_stream
 from tests.conftest import TEST_ENVIRONMENT
 
 MiB = 2**20
@@ -253,7 +254,7 @@ def test_stream_should_stop_kills_a_silent_command() -> None:
 def test_upload_stream_multipart_size_and_sha256(env: RunbookEnvironment) -> None:
     key = f"rb-test/{uuid.uuid4().hex}/blob"
     data = os.urandom(20 * MiB + 123)
-    uploaded = upload_stream(env.backups, key, (data[i : i + MiB] for i in range(0, len(data), MiB)))
+    uploaded = upload_stream(env.backups, key, (data[i : i + MiB] for i in range(0, len(data), MiB)), part_size=8 * MiB)
     assert uploaded.parts == 3 and uploaded.size == len(data)
     assert uploaded.sha256 == hashlib.sha256(data).hexdigest()
     assert get_bytes(env.backups, key) == data
@@ -269,8 +270,15 @@ def test_upload_memory_does_not_grow_with_the_data(env: RunbookEnvironment) -> N
     finally:
         tracemalloc.stop()
         delete_stored(env.backups, [key])
-    assert obj.raw_size == 96 * MiB and obj.s3_parts == 13
+    assert obj.raw_size == 96 * MiB and obj.s3_parts == math.ceil(obj.size / PART_SIZE)
     assert peak < 56 * MiB, f"peak {peak / MiB:.0f} MiB for 96 MiB of data"  # ~ part size x (in flight + 2)
+
+
+def test_parts_grow_only_past_a_thousand() -> None:
+    sizes = [part_size_for(i) for i in range(10_000)]
+    assert sizes[0] == sizes[999] == PART_SIZE == 8 * MiB  # memory stays flat for the first 7.8 GiB
+    assert sizes[1000] == 2 * PART_SIZE and sizes[9999] == 10 * PART_SIZE
+    assert sum(sizes) >= 429 * 2**30  # S3's 10,000 parts hold a 429 GiB object (78 GiB with fixed parts)
 
 
 def test_upload_part_cut_once_is_retried(env: RunbookEnvironment, s3_proxy: FaultProxy) -> None:
@@ -399,6 +407,27 @@ def test_fetch_rdb_diskless_and_bgsave_timeout(tmp_path: Path) -> None:
         client.close()
 
 
+def test_bgsave_during_a_diskless_sync_waits_for_it_then_saves(tmp_path: Path) -> None:
+    """A replica's diskless sync never moves LASTSAVE: BGSAVE must not wait on LASTSAVE behind it (it hung)."""
+    with rdb_server(tmp_path / "none.rdb") as url:
+        client = redis.Redis.from_url(url)
+        client.mset({f"key:{i}": "x" * 100 for i in range(300)})
+        client.config_set("repl-diskless-sync", "yes")
+        client.config_set("repl-diskless-sync-delay", "0")
+        client.config_set("rdb-key-save-delay", "5000")  # 5 ms per key: each save takes about 1.5 s
+        before = client.lastsave()
+        sync = threading.Thread(target=lambda: b"".join(fetch_rdb(RedisDatabase(url=f"{url}/0"), diskless=True)))
+        sync.start()
+        for _ in range(100):
+            if int(client.info("persistence")["rdb_bgsave_in_progress"]):
+                break
+            time.sleep(0.02)
+        saved = asyncio.run(bgsave.fn(RedisDatabase(url=f"{url}/0"), timeout_s=30, poll_interval_s=0.1))
+        sync.join(timeout=30)
+        assert saved.lastsave > before and saved.status == "ok"
+        client.close()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # retention rules (pure)
 
@@ -472,3 +501,36 @@ def test_retention_incomplete_backups_go_after_a_day() -> None:
     by_status = {(d.status, d.delete) for d in plan.decisions if d.status != "completed"}
     assert by_status == {("incomplete", True), ("incomplete", False), ("failed", True)}
     assert not any(d.delete for d in plan.decisions if d.status == "completed")
+
+
+def test_local_staging_cleanup_is_the_runbooks_find_mtime_7(tmp_path: Path) -> None:
+    old = time.time() - 8 * 86400
+    (tmp_path / "2026-11-01").mkdir()
+    files = {
+        "backup-20261101_020000.tar.gz": old,  # the old script's archive, 8 days old: goes
+        "2026-11-01/database.sql": old,  # its plain dump: goes
+        "backup-20261125_020000.tar.gz": time.time() - 86400,  # 1 day old: stays
+        "notes.txt": old,  # not a backup file: stays
+    }
+    for name, mtime in files.items():
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    outside = tmp_path.parent / f"outside-{uuid.uuid4().hex[:6]}.dump"
+    outside.write_text("x")
+    os.utime(outside, (old, old))
+    (tmp_path / "link.dump").symlink_to(outside)  # never followed out of the directory
+
+    planned = clean_local_staging.fn(tmp_path, 7, dry_run=True)
+    assert sorted(planned.deleted) == ["2026-11-01/database.sql", "backup-20261101_020000.tar.gz"]
+    assert all((tmp_path / name).exists() for name in files)  # a dry run deletes nothing
+
+    done = clean_local_staging.fn(tmp_path, 7, dry_run=False)
+    assert done.deleted == planned.deleted and done.kept == 1
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "backup-20261125_020000.tar.gz",
+        "link.dump",
+        "notes.txt",
+    ]
+    assert outside.exists()
+    outside.unlink()
+    assert clean_local_staging.fn(tmp_path / "missing", 7, dry_run=False).deleted == []

@@ -3,6 +3,7 @@ lost while Prefect is down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -179,3 +180,24 @@ async def test_alerts_sent_while_prefect_is_down_are_delivered_after(tmp_path: P
             await asyncio.sleep(0.5)
     assert {e["resource"]["prefect.resource.id"] for e in found} == {f"runbooks.incident.{i}" for i in ids}
     assert all(e["payload"]["severity"] == "critical" for e in found)
+
+
+async def test_concurrent_duplicates_make_one_incident_each_and_every_alert_counts(
+    gateway: Any, tmp_path: Path
+) -> None:
+    import asyncio
+    import sqlite3
+
+    url, app = gateway
+    async with httpx.AsyncClient(base_url=url, headers=BEARER, timeout=30) as client:
+        responses = await asyncio.gather(
+            *(client.post("/alerts/alertmanager", json=alertmanager(fingerprint=f"fp-c{n % 10}")) for n in range(200))
+        )
+    assert {r.status_code for r in responses} == {202}
+    incidents = app.state.store.incidents()
+    assert sorted(i["fingerprint"] for i in incidents) == sorted(f"fp-c{n}" for n in range(10))
+    assert sum(i["alerts"] for i in incidents) == 200  # group commits: every acknowledged alert was written
+    actions = [r.json()["incidents"][0]["action"] for r in responses]
+    assert actions.count("opened") == 10 and actions.count("repeated") == 190
+    with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite3")) as db:  # delivered or not
+        assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 10  # one event per incident, none per repeat
