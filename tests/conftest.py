@@ -8,7 +8,7 @@ so the suite never touches a developer's running sandbox.
 from __future__ import annotations
 
 import os
-import socket
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +22,7 @@ os.environ.pop("KUBECONFIG", None)
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.kubernetes import KubernetesCluster  # noqa: E402
+from sandbox.components import port_free  # noqa: E402
 from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
 
@@ -29,10 +30,32 @@ TEST_ENVIRONMENT = "sandbox-test"
 SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(span: int = 1) -> int:
+    """A free port (with the ``span - 1`` after it) below the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) lies in the ephemeral range, where any outgoing connection made
+    before the server binds may take it as its local port (CI lost etcd that way). Below that range only
+    listeners can hold a port, and this process never hands the same one out twice.
+    """
+    rng = random.SystemRandom()
+    low = min(_ephemeral_low(), 65000)
+    for _ in range(2000):
+        port = rng.randrange(20000, low - span)
+        ports = range(port, port + span)
+        if _HANDED_OUT.isdisjoint(ports) and all(port_free("127.0.0.1", p) for p in ports):
+            _HANDED_OUT.update(ports)
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +81,7 @@ def make_settings(home: Path, **overrides: object) -> SandboxSettings:
         "receivers_port": free_port(),
         "prefect_port": free_port(),
         "k8s_api_port": free_port(),
-        "k8s_etcd_port": free_port(),
+        "k8s_etcd_port": free_port(span=12),  # etcd client/peer, controller-manager +10, scheduler +11
         "k8s_kubelet_port": free_port(),
         "k8s_metrics_port": free_port(),
         "startup_timeout_s": 60.0,

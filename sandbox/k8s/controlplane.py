@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -21,7 +22,7 @@ import yaml
 
 from runbooks import processes
 from runbooks.errors import SandboxError
-from sandbox.components import Component, ComponentStatus, wait_until
+from sandbox.components import Component, ComponentStatus, log_tail, port_free, wait_until
 from sandbox.config import PROJECT_DIR
 from sandbox.k8s import seed
 from sandbox.k8s.pki import ClusterPKI
@@ -142,6 +143,7 @@ class KubernetesComponent(Component):
             )
         etcd_dir = self.dir / "etcd"
         shutil.rmtree(etcd_dir, ignore_errors=True)  # a fresh, deterministic cluster on every `up`
+        self._check_ports_free()
         pids: dict[str, int] = {}
 
         def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -179,6 +181,13 @@ class KubernetesComponent(Component):
                 str(2 * 2**30),
             ],
             env={**os.environ, "ETCD_UNSUPPORTED_ARCH": ""},
+        )
+        # the apiserver retries a missing etcd quietly for a minute: wait for etcd itself, and say so if it died
+        wait_until(
+            lambda: self._etcd_healthy(pids["etcd"]),
+            timeout_s=s.startup_timeout_s,
+            what="etcd",
+            log=logs / "k8s-etcd.log",
         )
         spawn(
             "apiserver",
@@ -338,6 +347,41 @@ class KubernetesComponent(Component):
             return err.code, err.read().decode(errors="replace")
         except (OSError, ssl.SSLError):
             return 0, ""
+
+    def _ports(self) -> dict[str, int]:
+        s = self.settings
+        return {
+            "etcd client": s.k8s_etcd_port,
+            "etcd peer": s.k8s_etcd_port + 1,
+            "kube-controller-manager": s.k8s_etcd_port + 10,
+            "kube-scheduler": s.k8s_etcd_port + 11,
+            "kube-apiserver": s.k8s_api_port,
+            "kubelet": s.k8s_kubelet_port,
+        }
+
+    def _check_ports_free(self) -> None:
+        """Fail at once, naming the port, when another process holds one the control plane needs (else etcd or
+        the apiserver dies with the reason buried in its log and ``up`` waits out its timeout)."""
+        taken = [f"{what} {port}" for what, port in self._ports().items() if not port_free(self.settings.host, port)]
+        if taken:
+            raise SandboxError(
+                f"ports already in use on {self.settings.host}: {', '.join(taken)}",
+                hint="stop what holds them, or choose others with RUNBOOKS_SANDBOX_K8S_ETCD_PORT / _K8S_API_PORT",
+            )
+
+    def _etcd_healthy(self, pid: int) -> bool:
+        if not processes.is_alive(pid):
+            raise SandboxError(
+                "etcd exited during start-up" + log_tail(self.settings.home / "logs" / "k8s-etcd.log"),
+                hint=f"see {self.settings.home / 'logs' / 'k8s-etcd.log'}",
+            )
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.settings.host}:{self.settings.k8s_etcd_port}/health", timeout=2
+            ) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
 
     def _ready(self) -> bool:
         return self._get("/readyz")[0] == 200

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,6 +35,7 @@ from sandbox.k8s.behaviour import (
 )
 from sandbox.k8s.controlplane import NODE_NAME, KubernetesComponent
 from sandbox.k8s.logs import LogQuery, render
+from tests.conftest import free_port
 
 NS = "node-test"
 API_IMAGE = "ghcr.io/genspark/ai-multimodel-api:v2.3.0"
@@ -50,34 +50,16 @@ def prefect_harness() -> None:
     """No Prefect here (overrides the session harness of conftest)."""
 
 
-def _free_port(span: tuple[int, ...] = (0,)) -> int:
-    """A port p with p + offset free for every offset in ``span`` (etcd uses p, p+1; its neighbours p+10, p+11)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + max(span) > 65000:
-            continue
-        try:
-            for offset in span:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesComponent]:
     """A control plane and the node agent. The production objects are seeded and tested elsewhere; this module
     needs only the plumbing (RBAC, the metrics APIService), so the production seeding is skipped."""
     settings = SandboxSettings(
         home=tmp_path_factory.mktemp("k8s-node"),
-        k8s_api_port=_free_port(),
-        k8s_etcd_port=_free_port((0, 1, 10, 11)),
-        k8s_kubelet_port=_free_port(),
-        k8s_metrics_port=_free_port(),
+        k8s_api_port=free_port(),
+        k8s_etcd_port=free_port(span=12),
+        k8s_kubelet_port=free_port(),
+        k8s_metrics_port=free_port(),
         k8s_service_cidr="127.67.0.0/16",
     )
     component = KubernetesComponent(settings, SandboxState(settings.home))
