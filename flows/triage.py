@@ -257,8 +257,14 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
         restart = await k8s.rollout_restart(env.require_kubernetes(), target)
         return f"restarted at {restart.model_dump().get('restarted_at', '')}".strip()
     if action == "scale_out":
-        scaled = await k8s.scale_deployment(env.require_kubernetes(), target, params["replicas"])
-        return f"replicas {scaled.previous_replicas} -> {scaled.replicas}"
+        # raises the HPA's floor too, else the HPA scales it back; released when the incident resolves
+        out = await k8s.scale_out_deployment(env.require_kubernetes(), target, params["replicas"], params["incident"])
+        held = (
+            f"; HPA {out.hpa} floor {out.original_min_replicas} -> {out.hpa_min_replicas} until resolved"
+            if out.hpa
+            else ""
+        )
+        return f"replicas {out.previous_replicas} -> {out.replicas}{held}"
     breaker = await open_circuit_breaker(env.platform, target, params["duration_s"])
     fallback = await set_model_fallback(env.platform, target, params["fallback_model"], params["duration_s"])
     return (
@@ -268,7 +274,7 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
 
 
 def plan_actions(
-    policy: TriagePolicy, alert_name: str, facts: dict[str, Any]
+    policy: TriagePolicy, alert_name: str, facts: dict[str, Any], incident_id: str = ""
 ) -> list[tuple[Action, str, dict[str, Any]]]:
     """Which actions the facts justify, in the alert branch's order of preference (preconditions here)."""
     m = policy.mitigation
@@ -289,7 +295,7 @@ def plan_actions(
             and (facts.get("api_replicas") or 0) < m.scale_out_replicas
             and ((facts.get("response_time_p95_s") or 0) > 1.5 or (facts.get("error_rate") or 0) > 0.10)
         ):
-            planned.append(("scale_out", API, {"replicas": m.scale_out_replicas}))
+            planned.append(("scale_out", API, {"replicas": m.scale_out_replicas, "incident": incident_id}))
         if action == "open_circuit_breaker":
             for model in facts.get("down_models") or []:
                 planned.append(
@@ -460,7 +466,7 @@ async def incident_triage(
     await notify(env, policy, report, summary)
 
     rule = policy.mitigation.for_severity(severity)
-    for action, target, params in plan_actions(policy, alert_name, facts) if rule.allowed else []:
+    for action, target, params in plan_actions(policy, alert_name, facts, incident_id) if rule.allowed else []:
         key = f"{incident_id}:{action}:{target}"
         record = MitigationRecord(action=action, target=target, key=key, outcome="dry-run")
         if not dry and rule.approval and not auto_approve:
@@ -501,8 +507,12 @@ async def incident_triage(
         )
         await asyncio.sleep(min(update_interval_s, max(0.0, deadline - time.time())))
 
+    held_floor = any(m.action == "scale_out" and m.outcome == "applied" for m in report.mitigations)
     if report.resolved:
         _event("runbooks.incident.mitigated", incident_id, {"severity": severity})
+        if held_floor:
+            released = await k8s.release_hpa_floors(env.require_kubernetes(), incident_id)
+            await update_thread(env, policy, report, _released_text(released))
         await update_thread(
             env,
             policy,
@@ -512,6 +522,10 @@ async def incident_triage(
         )
         if env.pagerduty is not None and policy.escalation[severity].pagerduty:
             await send_pagerduty_event(env.pagerduty, "resolve", incident_id)
+    elif held_floor:
+        await update_thread(
+            env, policy, report, "📌 The HPA floor stays raised until the alert resolves (incident-resolved lowers it)."
+        )
     await acreate_markdown_artifact(
         key=f"incident-{re.sub(r'[^a-z0-9-]', '-', incident_id.lower())}",
         markdown=await postmortem(report, started),
@@ -523,3 +537,49 @@ async def incident_triage(
             + "; ".join(f"{m.action} {m.target}: {m.detail}" for m in report.mitigations if m.outcome == "failed")
         )
     return report
+
+
+def _released_text(released: list[k8s.FloorRelease]) -> str:
+    if not released:
+        return "📉 No HPA floor was held for this incident."
+    return "📉 " + "; ".join(
+        f"HPA {r.hpa}: bounds back to {r.min_replicas}..{r.max_replicas}, it scales in at its own pace"
+        if r.restored
+        else f"HPA {r.hpa}: floor kept for {', '.join(r.remaining_incidents)}"
+        for r in released
+    )
+
+
+@flow(name="incident-resolved")
+async def incident_resolved(
+    incident_id: str,
+    alert_name: str = "",
+    environment: str = "sandbox",
+    dry_run: bool | None = None,
+) -> list[k8s.FloorRelease]:
+    """The alert cleared (the gateway's ``runbooks.incident.resolved``): give back what triage held for the
+    incident (HPA floors raised by a scale-out), resolve its PagerDuty incident (same dedup key; a resolve of a
+    key PagerDuty never saw changes nothing) and say so in Slack. Idempotent: a re-run finds nothing to give back.
+    """
+    logger = get_run_logger()
+    env = await load_environment(environment)
+    dry = env.dry_run_by_default if dry_run is None else dry_run
+    released: list[k8s.FloorRelease] = []
+    if env.kubernetes is not None:
+        released = await k8s.release_hpa_floors(env.kubernetes, incident_id, dry_run=dry)
+    logger.info("incident %s resolved (%s): %s", incident_id, alert_name or "alert", _released_text(released))
+    if not dry:
+        if env.pagerduty is not None:
+            await send_pagerduty_event(env.pagerduty, "resolve", incident_id)
+        if env.slack is not None:
+            await post_slack_message(
+                env.slack,
+                env.slack.channel_for("alerts"),
+                f"✅ RESOLVED {alert_name} ({incident_id}): the alert cleared. {_released_text(released)}",
+            )
+    _event(
+        "runbooks.incident.closed",
+        incident_id,
+        {"alert": alert_name, "dry_run": dry, "released": [r.model_dump() for r in released]},
+    )
+    return released

@@ -10,12 +10,21 @@ failures; undo, restart and exec never retry. One module per area:
 - ``metrics``: top_pods, top_nodes (metrics.k8s.io); ``quantity``: cpu_millicores, memory_bytes
 - ``deployments``: get_deployment, rollout_history, rollout_status, rollout_undo, rollout_restart,
   scale_deployment, set_image, set_resources
+- ``autoscaling``: scale_out_deployment (raises the HPA's floor so the HPA does not undo it), release_hpa_floors
 - ``cleanup``: delete_pod, list/delete_old_replicasets, list/delete_configmaps_by_prefix (with ``dry_run``)
 - ``namespaces``: create_namespace, label_namespace; ``export``: export_resources
 - ``custom``: get_custom_resource, annotate_custom_resource (``CERTIFICATE``); ``pod_exec``: exec_in_pod,
   exec_in_deployment
 """
 
+from tasks.kubernetes.autoscaling import (
+    FLOOR_ANNOTATION,
+    FloorRelease,
+    HpaFloor,
+    ScaleOut,
+    release_hpa_floors,
+    scale_out_deployment,
+)
 from tasks.kubernetes.cleanup import (
     CleanupResult,
     ConfigMapPlan,
@@ -78,6 +87,12 @@ from tasks.kubernetes.pod_exec import ExecResult, exec_in_deployment, exec_in_po
 from tasks.kubernetes.quantity import cpu_millicores, memory_bytes, parse_quantity
 
 __all__ = [
+    "FLOOR_ANNOTATION",
+    "FloorRelease",
+    "HpaFloor",
+    "ScaleOut",
+    "release_hpa_floors",
+    "scale_out_deployment",
     "CERTIFICATE",
     "AnnotationChange",
     "CleanupResult",

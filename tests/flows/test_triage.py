@@ -22,7 +22,7 @@ from prefect.flow_runs import aresume_flow_run
 import flows.triage
 from blocks.environment import load_environment
 from blocks.kubernetes import KubernetesCluster
-from flows.triage import incident_triage
+from flows.triage import incident_resolved, incident_triage
 from flows.triage_policy import load_policy
 from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
@@ -150,20 +150,22 @@ async def test_dry_run_changes_nothing(
 
 
 @pytest.fixture()
-async def without_hpa(admin_kubeconfig: Path) -> Any:
-    """The API's HPA out of the way while a test scales by hand, then back as it was, fresh.
+async def fresh_api_hpa(admin_kubeconfig: Path) -> Any:
+    """After the test: the API's HPA recreated as it was before (its bounds, and no memory), replicas as before.
 
-    Scaled by hand to 10, the HPA remembers a recommendation of about 7 for its 5-minute scale-down window, and
-    scales the API back up to 6 after the test put it back to 3: later tests would find 6 pods.
+    Scaled to 10, an HPA remembers a recommendation of about 7 for its 5-minute scale-down window: left alone it
+    would keep 6 or 7 pods after the test, and later tests would find them. A recreated HPA starts afresh.
     """
     api_client = await k8s_config.new_client_from_config(config_file=str(admin_kubeconfig))
     async with api_client:
         autoscaling = k8s_client.AutoscalingV1Api(api_client)
+        apps = k8s_client.AppsV1Api(api_client)
         hpa = await autoscaling.read_namespaced_horizontal_pod_autoscaler(API, "production")
-        await autoscaling.delete_namespaced_horizontal_pod_autoscaler(API, "production")
+        replicas = (await apps.read_namespaced_deployment_scale(API, "production")).spec.replicas
         try:
-            yield
+            yield hpa
         finally:
+            await autoscaling.delete_namespaced_horizontal_pod_autoscaler(API, "production")
             body = {
                 "apiVersion": "autoscaling/v1",
                 "kind": "HorizontalPodAutoscaler",
@@ -171,6 +173,7 @@ async def without_hpa(admin_kubeconfig: Path) -> Any:
                 "spec": api_client.sanitize_for_serialization(hpa.spec),
             }
             await autoscaling.create_namespaced_horizontal_pod_autoscaler("production", body)
+            await apps.patch_namespaced_deployment_scale(API, "production", {"spec": {"replicas": replicas}})
 
 
 async def _paused_triage(incident_id: str, run: asyncio.Task[Any]) -> Any:
@@ -197,7 +200,7 @@ async def test_p2_mitigation_waits_for_approval(
     clean_node: None,
     kubernetes_cluster: KubernetesCluster,
     monkeypatch: pytest.MonkeyPatch,
-    without_hpa: None,
+    fresh_api_hpa: Any,
     approve: bool,
 ) -> None:
     """Slow responses (p95 between 1.5 s and 3 s) are P2: scale out, but only once a human approves."""
@@ -231,14 +234,34 @@ async def test_p2_mitigation_waits_for_approval(
         [mitigation] = report.mitigations
         assert (mitigation.action, mitigation.target, mitigation.by) == ("scale_out", API, "alice")
         replicas = (await k8s.get_deployment.fn(kubernetes_cluster, API)).replicas
+        [hpa] = await k8s.list_hpas.fn(kubernetes_cluster)
+        target = load_policy().mitigation.scale_out_replicas
         if approve:
-            assert mitigation.outcome == "applied" and replicas == load_policy().mitigation.scale_out_replicas
+            assert mitigation.outcome == "applied" and replicas == target
+            # the HPA's floor holds the scale-out (else the HPA scales it back) until the alert resolves
+            assert hpa.min_replicas == target and f"floor {fresh_api_hpa.spec.min_replicas} -> {target}" in str(
+                mitigation.detail
+            )
+            # the gateway's resolution event runs incident-resolved: the floor goes back, PagerDuty and Slack told
+            httpx.delete(f"{receivers_url}/_received").raise_for_status()
+            [released] = await incident_resolved(
+                incident_id=incident_id, alert_name="HighResponseTime", environment=TEST_ENVIRONMENT, dry_run=False
+            )
+            assert released.restored and released.min_replicas == fresh_api_hpa.spec.min_replicas
+            [hpa] = await k8s.list_hpas.fn(kubernetes_cluster)
+            assert (hpa.min_replicas, hpa.max_replicas) == (
+                fresh_api_hpa.spec.min_replicas,
+                fresh_api_hpa.spec.max_replicas,
+            )
+            told = httpx.get(f"{receivers_url}/_received").json()
+            assert [e["body"]["event_action"] for e in told if e["system"] == "pagerduty"] == ["resolve"]
+            assert any("RESOLVED" in e["body"].get("text", "") for e in told if e["system"] == "slack")
+            assert await incident_resolved(incident_id=incident_id, environment=TEST_ENVIRONMENT, dry_run=False) == []
         else:
             assert mitigation.outcome == "rejected" and mitigation.detail == "checked graphs"
-            assert replicas == before.replicas
+            assert replicas == before.replicas and hpa.min_replicas == fresh_api_hpa.spec.min_replicas
     finally:
         run.cancel()
-        await k8s.scale_deployment.fn(kubernetes_cluster, API, before.replicas)
 
 
 async def test_updates_in_the_thread_until_resolved(

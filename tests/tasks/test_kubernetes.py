@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes_asyncio import config
-from kubernetes_asyncio.client import ApiClient, AppsV1Api, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes_asyncio.client import (
+    ApiClient,
+    AppsV1Api,
+    AutoscalingV1Api,
+    Configuration,
+    CoreV1Api,
+    CustomObjectsApi,
+)
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from blocks.kubernetes import KubernetesCluster
@@ -27,6 +34,7 @@ from runbooks.errors import KubernetesError
 from sandbox.manager import Sandbox
 from tasks.kubernetes import (
     CERTIFICATE,
+    FLOOR_ANNOTATION,
     RolloutFailedError,
     RolloutTimeoutError,
     annotate_custom_resource,
@@ -50,11 +58,13 @@ from tasks.kubernetes import (
     list_pods,
     list_services,
     pod_logs,
+    release_hpa_floors,
     rollout_history,
     rollout_restart,
     rollout_status,
     rollout_undo,
     scale_deployment,
+    scale_out_deployment,
     set_image,
     set_resources,
     top_nodes,
@@ -363,6 +373,70 @@ async def test_scale_and_set_resources(kubernetes_cluster: KubernetesCluster, ad
         await set_resources(kubernetes_cluster, "demo-api", scratch, container="nope", limits={"cpu": "1"})
     with pytest.raises(KubernetesError, match="not a Kubernetes quantity"):
         await set_resources(kubernetes_cluster, "demo-api", scratch, limits={"cpu": "lots"})
+
+
+async def test_scale_out_raises_the_hpa_floor_until_every_incident_releases_it(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """``kubectl scale`` alone is undone by the HPA; the scale-out holds the HPA's floor for its incidents."""
+    autoscaling = AutoscalingV1Api(admin)
+    await make_deployment(admin, scratch, "demo-api", replicas=2)
+    await autoscaling.create_namespaced_horizontal_pod_autoscaler(
+        scratch,
+        {
+            "metadata": {"name": "demo-api"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-api"},
+                "minReplicas": 2,
+                "maxReplicas": 4,
+                "targetCPUUtilizationPercentage": 70,
+            },
+        },
+    )
+
+    async def bounds() -> tuple[int, int, str | None]:
+        hpa = await autoscaling.read_namespaced_horizontal_pod_autoscaler("demo-api", scratch)
+        return hpa.spec.min_replicas, hpa.spec.max_replicas, (hpa.metadata.annotations or {}).get(FLOOR_ANNOTATION)
+
+    out = await scale_out_deployment(kubernetes_cluster, "demo-api", 6, "inc-a", scratch)
+    assert (out.previous_replicas, out.replicas, out.hpa, out.changed) == (2, 6, "demo-api", True)
+    assert (out.hpa_min_replicas, out.hpa_max_replicas, out.original_min_replicas) == (6, 6, 2)
+    low, high, record = await bounds()
+    assert (low, high) == (6, 6) and record is not None
+    assert json.loads(record) | {"since": ""} == {
+        "minReplicas": 2,
+        "maxReplicas": 4,
+        "incidents": ["inc-a"],
+        "since": "",
+    }
+
+    again = await scale_out_deployment(kubernetes_cluster, "demo-api", 6, "inc-a", scratch)
+    assert not again.changed and (await bounds())[2] == record  # a re-run changes nothing, records nothing new
+    # a second incident joins the floor; the bounds found before the first raise stay recorded
+    other = await scale_out_deployment(kubernetes_cluster, "demo-api", 5, "inc-b", scratch)
+    assert (other.replicas, other.hpa_min_replicas, other.original_min_replicas) == (6, 6, 2)  # never scales in
+    assert json.loads((await bounds())[2] or "{}")["incidents"] == ["inc-a", "inc-b"]
+
+    [dry] = await release_hpa_floors(kubernetes_cluster, "inc-a", scratch, dry_run=True)
+    assert dry.remaining_incidents == ["inc-b"] and (await bounds())[:2] == (6, 6)
+    [first] = await release_hpa_floors(kubernetes_cluster, "inc-a", scratch)
+    assert (first.restored, first.remaining_incidents, first.min_replicas) == (False, ["inc-b"], 6)
+    assert (await bounds())[:2] == (6, 6)  # inc-b still holds the floor
+    assert await release_hpa_floors(kubernetes_cluster, "inc-a", scratch) == []  # idempotent
+    [last] = await release_hpa_floors(kubernetes_cluster, "inc-b", scratch)
+    assert (last.restored, last.deployment, last.min_replicas, last.max_replicas) == (True, "demo-api", 2, 4)
+    assert await bounds() == (2, 4, None)
+
+
+async def test_scale_out_without_an_hpa_is_kubectl_scale_that_never_scales_in(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    await make_deployment(admin, scratch, "demo-api", replicas=3)
+    out = await scale_out_deployment(kubernetes_cluster, "demo-api", 1, "inc-x", scratch)
+    assert (out.previous_replicas, out.replicas, out.hpa, out.changed) == (3, 3, None, False)
+    out = await scale_out_deployment(kubernetes_cluster, "demo-api", 4, "inc-x", scratch)
+    assert (out.previous_replicas, out.replicas, out.changed) == (3, 4, True)
+    assert await release_hpa_floors(kubernetes_cluster, "inc-x", scratch) == []
 
 
 async def test_broken_image_fails_rollout_then_undo_restores(

@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import (
+    V1CrossVersionObjectReference,
     V1Deployment,
     V1DeploymentCondition,
     V1DeploymentSpec,
     V1DeploymentStatus,
+    V1HorizontalPodAutoscaler,
+    V1HorizontalPodAutoscalerSpec,
     V1LabelSelector,
     V1LabelSelectorRequirement,
     V1ObjectMeta,
@@ -27,6 +30,7 @@ from blocks.kubernetes import KubernetesCluster
 from runbooks.errors import ConfigurationError, KubernetesError
 from runbooks.retry import is_transient
 from tasks.kubernetes._api import api_error, kube, pick_pod, selector_string
+from tasks.kubernetes.autoscaling import FLOOR_ANNOTATION, HpaFloor
 from tasks.kubernetes.cleanup import choose_old_by_prefix, choose_old_replicasets
 from tasks.kubernetes.deployments import previous_revision, rollback_patch, rollout_state
 from tasks.kubernetes.export import ResourceExport, clean
@@ -308,3 +312,21 @@ def test_export_strips_bookkeeping_and_hides_secrets() -> None:
     export = ResourceExport(namespace="ns", kinds=["secrets"], manifest="", secrets_manifest=SecretStr("hunter2"))
     assert "hunter2" not in repr(export) and "hunter2" not in str(export)
     assert "hunter2" not in export.model_dump_json()
+
+
+def _hpa(annotations: dict[str, str] | None) -> V1HorizontalPodAutoscaler:
+    return V1HorizontalPodAutoscaler(
+        metadata=V1ObjectMeta(name="api", namespace="production", annotations=annotations),
+        spec=V1HorizontalPodAutoscalerSpec(
+            scale_target_ref=V1CrossVersionObjectReference(kind="Deployment", name="api"), max_replicas=10
+        ),
+    )
+
+
+def test_hpa_floor_record_round_trips_and_a_broken_one_says_what_to_do() -> None:
+    assert HpaFloor.of(_hpa(None)) is None
+    floor = HpaFloor(min_replicas=3, max_replicas=10, incidents=["inc-1"], since="2026-11-26T00:00:00+00:00")
+    assert HpaFloor.of(_hpa({FLOOR_ANNOTATION: floor.annotation()})) == floor
+    with pytest.raises(KubernetesError, match="unreadable runbooks.io/raised-floor") as err:
+        HpaFloor.of(_hpa({FLOOR_ANNOTATION: '{"minReplicas": "three"}'}))
+    assert "by hand" in (err.value.hint or "") and not is_transient(err.value)
