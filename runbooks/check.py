@@ -80,7 +80,11 @@ async def _kubernetes(env: RunbookEnvironment) -> str:
         raise ConfigurationError(
             cluster.display_name, "credentials", f"API server unreachable: {err}", transient=True
         ) from err
-    return f"namespace {cluster.namespace!r}: {len(pods.items)} pods"
+    detail = f"namespace {cluster.namespace!r}: {len(pods.items)} pods"
+    clear = cluster.clear_credentials_in_config()
+    if clear:  # works, but the UI and the API show these in clear
+        detail += f"; WARNING stored in clear: {', '.join(clear)} (move a token to the block's `token` field)"
+    return detail
 
 
 async def _backup_encryption(env: RunbookEnvironment) -> str:

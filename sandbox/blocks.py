@@ -91,8 +91,8 @@ def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesClu
     kubeconfig = state.get("kubernetes").get("kubeconfig")
     if not kubeconfig or not Path(kubeconfig).exists():
         return None
-    config = KubernetesClusterConfig.from_file(Path(kubeconfig))
-    return KubernetesCluster(credentials=KubernetesCredentials(cluster_config=config), namespace="production")
+    # the flows' bearer token goes into the block's SecretStr, not into the kubeconfig dict that is stored in clear
+    return KubernetesCluster.from_kubeconfig(Path(kubeconfig), namespace="production")
 
 
 async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:

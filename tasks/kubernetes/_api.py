@@ -109,7 +109,7 @@ async def _configuration(cluster: KubernetesCluster) -> Configuration:
     try:
         if credentials.cluster_config:
             await config.load_kube_config_from_dict(
-                config_dict=credentials.cluster_config.config,
+                config_dict=cluster.kubeconfig(),
                 context=credentials.cluster_config.context_name,
                 client_configuration=configuration,
             )

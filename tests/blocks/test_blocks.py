@@ -77,3 +77,17 @@ async def test_saved_environment_keeps_secrets_out_of_the_api(sandbox: Sandbox) 
     assert token not in str(doc.data)
     env = await RunbookEnvironment.aload(TEST_ENVIRONMENT)
     assert env.platform.admin_token.get_secret_value() == token
+
+
+async def test_saved_kubernetes_block_keeps_the_token_out_of_the_api(sandbox: Sandbox) -> None:
+    """prefect-kubernetes stores the kubeconfig as a plain dict: the flows' bearer token must not be in it."""
+    from prefect import get_client
+
+    env = await RunbookEnvironment.aload(TEST_ENVIRONMENT)
+    assert env.kubernetes is not None and env.kubernetes.token is not None
+    token = env.kubernetes.token.get_secret_value()
+    async with get_client() as client:
+        for block_type in ("kubernetes-cluster-config", "runbooks-kubernetes"):
+            doc = await client.read_block_document_by_name(TEST_ENVIRONMENT, block_type, include_secrets=False)
+            assert token not in str(doc.data), block_type
+    assert env.kubernetes.clear_credentials_in_config() == []

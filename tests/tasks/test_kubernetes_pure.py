@@ -330,3 +330,18 @@ def test_hpa_floor_record_round_trips_and_a_broken_one_says_what_to_do() -> None
     with pytest.raises(KubernetesError, match="unreadable runbooks.io/raised-floor") as err:
         HpaFloor.of(_hpa({FLOOR_ANNOTATION: '{"minReplicas": "three"}'}))
     assert "by hand" in (err.value.hint or "") and not is_transient(err.value)
+
+
+def test_the_token_lives_in_a_secret_field_and_reaches_the_kubeconfig_only_in_memory(tmp_path: Any) -> None:
+    import yaml
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(_cluster().credentials.cluster_config.config))  # type: ignore[union-attr]
+    cluster = KubernetesCluster.from_kubeconfig(path)
+    assert cluster.token is not None and cluster.token.get_secret_value() == "t0ken"
+    stored = cluster.credentials.cluster_config.config  # type: ignore[union-attr]
+    assert "t0ken" not in str(stored) and "t0ken" not in repr(cluster)
+    assert cluster.clear_credentials_in_config() == []
+    assert cluster.kubeconfig()["users"][0]["user"] == {"token": "t0ken"}  # type: ignore[index]
+    assert "t0ken" not in str(stored)  # the stored dict was not touched
+    assert _cluster().clear_credentials_in_config() == ["users[u].user.token"]  # what `runbooks check` warns of
