@@ -6,6 +6,7 @@ through the Kubernetes API, for every namespace the runbooks cover. Keys (under 
 
     kubernetes/<namespace>/k8s-resources.yaml.zst     kubectl get all -o yaml (a v1 List)
     kubernetes/<namespace>/configmaps.yaml.zst        kubectl get configmaps -o yaml
+    kubernetes/<namespace>/custom-resources.yaml.zst  custom resources `all` leaves out (cert-manager Certificates)
     kubernetes/<namespace>/secrets.yaml.enc.zst       the Secrets' List in an AES-256-GCM envelope (tasks.backup.crypto)
     logs/<namespace>/application.ndjson.zst           one JSON object per log line, every pod of every Deployment
 
@@ -42,10 +43,13 @@ from tasks.backup.crypto import CIPHER, KEY_WRAP, DataKey, decrypt_secrets
 from tasks.backup.manifest import BackupObject, Manifest, PartResult
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
 from tasks.kubernetes._api import Kube, kube, run_logger, selector_string
-from tasks.kubernetes.export import export_resources
+from tasks.kubernetes.custom import CERTIFICATE, CustomResourceType
+from tasks.kubernetes.export import export_custom_resources, export_resources
 from tasks.kubernetes.logs import default_container
 
 RESOURCES_FORMAT = "k8s-yaml-list"
+#: custom resources backed up beside `kubectl get all` (a type whose CRD is not installed is skipped, and said)
+DEFAULT_CUSTOM_RESOURCES = [CERTIFICATE]
 SECRETS_FORMAT = "k8s-secrets-yaml"
 ENCRYPTED_FORMAT_SUFFIX = "+aes-256-gcm-envelope"
 LOGS_FORMAT = "k8s-pod-logs-ndjson"
@@ -63,8 +67,9 @@ def _attempt() -> int:
 
 
 def is_encrypted(obj: BackupObject) -> bool:
-    """Whether a stored object is an encrypted envelope (read it with :func:`read_encrypted`)."""
-    return obj.format.endswith(ENCRYPTED_FORMAT_SUFFIX)
+    """Whether a stored object is an encrypted envelope (read it with :func:`read_encrypted`); manifests written
+    before the ``encrypted`` field say it by their format only."""
+    return obj.encrypted or obj.format.endswith(ENCRYPTED_FORMAT_SUFFIX)
 
 
 def encrypted_objects(manifest: Manifest) -> list[BackupObject]:
@@ -133,11 +138,13 @@ async def backup_kubernetes(
     *,
     namespaces: list[str] | None = None,
     include_secrets: bool = True,
+    custom_resources: list[CustomResourceType] | None = None,
     context: dict[str, str] | None = None,
 ) -> PartResult:
-    """``kubectl get all``, ``configmaps`` and ``secrets -o yaml`` of each of ``namespaces`` (default: the
-    cluster block's) to ``<prefix>kubernetes/<namespace>/``. The Secrets are encrypted in this process under one
-    random data key for the whole backup, wrapped by ``encryption``; with no key they are refused
+    """``kubectl get all``, ``configmaps``, the ``custom_resources`` (default: cert-manager Certificates) and
+    ``secrets -o yaml`` of each of ``namespaces`` (default: the cluster block's) to
+    ``<prefix>kubernetes/<namespace>/``. The Secrets are encrypted in this process under one random data key for
+    the whole backup, wrapped by ``encryption``; with no key they are refused
     (:class:`ConfigurationError`), never written in clear. ``context`` (backup id, environment) is bound to the
     envelopes."""
     if include_secrets and encryption is None:
@@ -157,15 +164,19 @@ async def backup_kubernetes(
     for ns in names:
         resources = await export_resources(cluster, ns, kinds=["all"], include_secrets=include_secrets)
         configmaps = await export_resources(cluster, ns, kinds=["configmaps"])
+        custom = await export_custom_resources(
+            cluster, DEFAULT_CUSTOM_RESOURCES if custom_resources is None else custom_resources, ns
+        )
         info = NamespaceExport(
             namespace=ns,
-            counts={**resources.counts, **configmaps.counts},
-            skipped={**resources.skipped, **configmaps.skipped},
+            counts={**resources.counts, **configmaps.counts, **custom.counts},
+            skipped={**resources.skipped, **configmaps.skipped, **custom.skipped},
         )
         base = f"{prefix}kubernetes/{ns}/"
         uploads: list[tuple[str, str, bytes, str]] = [
             ("resources", f"{base}k8s-resources.yaml.zst", resources.manifest.encode(), RESOURCES_FORMAT),
             ("configmaps", f"{base}configmaps.yaml.zst", configmaps.manifest.encode(), RESOURCES_FORMAT),
+            ("custom", f"{base}custom-resources.yaml.zst", custom.manifest.encode(), RESOURCES_FORMAT),
         ]
         if data_key is not None and resources.secrets_manifest is not None:
             envelope = data_key.seal(
@@ -185,6 +196,8 @@ async def backup_kubernetes(
             obj = await asyncio.to_thread(
                 compress_and_upload, target, key, _chunks(data), part="kubernetes", format=fmt
             )
+            if fmt.endswith(ENCRYPTED_FORMAT_SUFFIX):
+                obj = obj.model_copy(update={"encrypted": True})
             objects.append(obj)
             info.objects[role] = key
         exports.append(info)

@@ -114,6 +114,9 @@ class BackupObject(BaseModel):
     raw_size: int = Field(description="bytes before compression")
     compression: Literal["zstd"] = "zstd"
     compression_level: int
+    encrypted: bool = Field(
+        default=False, description="an encrypted envelope (Kubernetes Secrets): the part's info says the cipher and key"
+    )
     s3_parts: int
     started_at: datetime
     duration_s: float

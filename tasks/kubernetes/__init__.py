@@ -12,7 +12,7 @@ failures; undo, restart and exec never retry. One module per area:
   scale_deployment, set_image, set_resources
 - ``autoscaling``: scale_out_deployment (raises the HPA's floor so the HPA does not undo it), release_hpa_floors
 - ``cleanup``: delete_pod, list/delete_old_replicasets, list/delete_configmaps_by_prefix (with ``dry_run``)
-- ``namespaces``: create_namespace, label_namespace; ``export``: export_resources
+- ``namespaces``: create_namespace, label_namespace; ``export``: export_resources, export_custom_resources
 - ``custom``: get_custom_resource, annotate_custom_resource (``CERTIFICATE``); ``pod_exec``: exec_in_pod,
   exec_in_deployment
 """
@@ -65,7 +65,7 @@ from tasks.kubernetes.deployments import (
     set_image,
     set_resources,
 )
-from tasks.kubernetes.export import ResourceExport, export_resources
+from tasks.kubernetes.export import ResourceExport, export_custom_resources, export_resources
 from tasks.kubernetes.inventory import (
     EventInfo,
     HPAInfo,
@@ -134,6 +134,7 @@ __all__ = [
     "deployment_logs",
     "exec_in_deployment",
     "exec_in_pod",
+    "export_custom_resources",
     "export_resources",
     "get_custom_resource",
     "get_deployment",

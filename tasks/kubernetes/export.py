@@ -1,4 +1,5 @@
-"""``kubectl get all/configmaps/secrets -n <ns> -o yaml``: a namespace's objects as YAML for the backup.
+"""``kubectl get all/configmaps/secrets -n <ns> -o yaml``: a namespace's objects as YAML for the backup, and
+``kubectl get <plural>.<group>`` for custom resources (cert-manager's Certificates), which ``all`` leaves out.
 
 Secrets are exported only when asked (``include_secrets``), into a ``SecretStr`` field that never shows in a
 repr, a log line or the Prefect UI; the backup flow encrypts it before it leaves the process. The result is
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 from blocks.kubernetes import KubernetesCluster
 from runbooks.retry import retry_on_transient
 from tasks.kubernetes._api import Kube, kube, namespace_of
+from tasks.kubernetes.custom import CustomResourceType
 
 ExportKind = Literal[
     "all",
@@ -149,4 +151,46 @@ async def export_resources(
         skipped=skipped,
         manifest=as_list_yaml(items),
         secrets_manifest=secrets_manifest,
+    )
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=retry_on_transient,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+async def export_custom_resources(
+    cluster: KubernetesCluster, resources: list[CustomResourceType], namespace: str | None = None
+) -> ResourceExport:
+    """The namespace's objects of each custom resource type (``kubectl get certificates.cert-manager.io -o yaml``)
+    as one YAML List. A type whose CRD is not installed is listed in ``skipped``; any other error propagates."""
+    ns = namespace_of(cluster, namespace)
+    items: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    skipped: dict[str, str] = {}
+    async with kube(cluster, f"exporting {', '.join(map(str, resources))} of namespace {ns}") as k:
+        for resource in resources:
+            name = f"{resource.plural}.{resource.group}"
+            api_version = f"{resource.group}/{resource.version}"
+            try:
+                body = json.loads(await k.get_raw(f"/apis/{api_version}/namespaces/{ns}/{resource.plural}"))
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                skipped[name] = f"no {api_version} {resource.plural} on this cluster (CRD not installed)"
+                continue
+            found = [
+                clean(item, api_version, str(item.get("kind") or body.get("kind", "").removesuffix("List")))
+                for item in body.get("items") or []
+            ]
+            counts[name] = len(found)
+            items.extend(found)
+    return ResourceExport(
+        namespace=ns,
+        kinds=[f"{r.plural}.{r.group}" for r in resources],
+        counts=counts,
+        skipped=skipped,
+        manifest=as_list_yaml(items),
     )

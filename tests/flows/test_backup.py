@@ -434,11 +434,13 @@ async def test_kubernetes_and_logs_parts_encrypt_secrets_and_leak_none(
     assert {o.key for o in manifest.objects_of("kubernetes")} == {
         f"{base}k8s-resources.yaml.zst",
         f"{base}configmaps.yaml.zst",
+        f"{base}custom-resources.yaml.zst",
         f"{base}secrets.yaml.enc.zst",
     }
     assert [o.key for o in manifest.objects_of("logs")] == [f"{report.prefix}logs/production/application.ndjson.zst"]
     # the manifest says which object is encrypted, with what, under which key
     assert [o.key for o in encrypted_objects(manifest)] == [f"{base}secrets.yaml.enc.zst"]
+    assert [o.key for o in manifest.objects if o.encrypted] == [f"{base}secrets.yaml.enc.zst"]
     assert by_key[f"{base}secrets.yaml.enc.zst"].format == "k8s-secrets-yaml+aes-256-gcm-envelope"
     k8s_info = manifest.parts["kubernetes"]
     assert env.backup_encryption is not None
@@ -463,6 +465,13 @@ async def test_kubernetes_and_logs_parts_encrypt_secrets_and_leak_none(
         download_verified(env.backups, by_key[f"{base}configmaps.yaml.zst"], tmp_path / "c").read_text()
     )
     assert "ai-multimodel-config" in {i["metadata"]["name"] for i in configmaps["items"]}
+    # cert-manager's Certificate, which `kubectl get all` leaves out
+    custom = yaml.safe_load(
+        download_verified(env.backups, by_key[f"{base}custom-resources.yaml.zst"], tmp_path / "x").read_text()
+    )
+    [certificate] = custom["items"]
+    assert (certificate["apiVersion"], certificate["kind"]) == ("cert-manager.io/v1", "Certificate")
+    assert "resourceVersion" not in certificate["metadata"] and ns_info["counts"]["certificates.cert-manager.io"] == 1
 
     # the Secrets decrypt back to exactly what the cluster holds
     seeded = await seeded_secret_values(admin_kubeconfig)

@@ -45,6 +45,7 @@ from tasks.kubernetes import (
     deployment_logs,
     exec_in_deployment,
     exec_in_pod,
+    export_custom_resources,
     export_resources,
     get_custom_resource,
     get_deployment,
@@ -71,6 +72,7 @@ from tasks.kubernetes import (
     top_pods,
 )
 from tasks.kubernetes._api import kube
+from tasks.kubernetes.custom import CustomResourceType
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")
 
@@ -295,6 +297,17 @@ async def test_errors_name_the_object_and_rbac(kubernetes_cluster: KubernetesClu
 
 
 # ----------------------------------------------------------------------------------------------- exports
+async def test_export_custom_resources_which_all_leaves_out(kubernetes_cluster: KubernetesCluster) -> None:
+    export = await export_custom_resources(kubernetes_cluster, [CERTIFICATE])
+    assert export.counts == {"certificates.cert-manager.io": 1} and not export.skipped
+    [certificate] = yaml.safe_load(export.manifest)["items"]
+    assert (certificate["kind"], certificate["metadata"]["name"]) == ("Certificate", "ai-multimodel-tls")
+    # a type the flows' role may not read is an error, never a silent gap in the backup
+    widgets = CustomResourceType(group="example.com", version="v1", plural="widgets")
+    with pytest.raises(KubernetesError, match="widgets"):
+        await export_custom_resources(kubernetes_cluster, [widgets])
+
+
 async def test_export_resources_keeps_secrets_out_of_logs_and_repr(
     kubernetes_cluster: KubernetesCluster, admin: ApiClient, caplog: pytest.LogCaptureFixture
 ) -> None:
