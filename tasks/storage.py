@@ -169,7 +169,7 @@ def _upload_part(
     key: str,
     upload_id: str,
     number: int,
-    data: bytes,
+    data: bytes | bytearray,
     delays: Sequence[float],
 ) -> dict[str, Any]:
     """One part, tried ``len(delays) + 1`` times on transient errors."""
@@ -228,7 +228,7 @@ def upload_stream(
     done_parts: list[dict[str, Any]] = []
     pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="s3-part")
 
-    def submit(data: bytes) -> None:
+    def submit(data: bytes | bytearray) -> None:
         while len(pending) >= max_in_flight:
             done_parts.append(pending.popleft().result())
         number = len(done_parts) + len(pending) + 1
@@ -241,9 +241,11 @@ def upload_stream(
                 size += len(chunk)
                 buffer += chunk
                 while len(buffer) >= (size_now := part_size_for(len(done_parts) + len(pending), part_size)):
-                    with memoryview(buffer) as view:
-                        part = view[:size_now].tobytes()  # one copy, then the rest moves down in place
-                    del buffer[:size_now]
+                    # the buffer itself becomes the part (no 8 MiB copy): only the overshoot, less than one
+                    # chunk, moves to a fresh buffer; the part is never touched again once submitted
+                    rest = buffer[size_now:]
+                    del buffer[size_now:]
+                    part, buffer = buffer, rest
                     submit(part)
                     del part
             if buffer or not (done_parts or pending):
