@@ -97,19 +97,23 @@ def as_list_yaml(items: list[dict[str, Any]]) -> str:
     return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}}, sort_keys=False)
 
 
-async def _list(k: Kube, namespace: str, plural: str) -> list[dict[str, Any]]:
-    prefix, api_version, kind = KINDS[plural]
-    body = json.loads(await k.get_raw(f"{prefix}/namespaces/{namespace}/{plural}"))
-    return [clean(item, api_version, kind) for item in body.get("items") or []]
-
-
-@task(
+#: reads, retried on transient failures; never persisted by Prefect (an export may hold Secrets)
+exporting = task(
     retries=2,
     retry_delay_seconds=[1, 5],
     retry_condition_fn=retry_on_transient,
     cache_policy=NO_CACHE,
     persist_result=False,
 )
+
+
+async def _list(k: Kube, namespace: str, plural: str) -> list[dict[str, Any]]:
+    prefix, api_version, kind = KINDS[plural]
+    body = json.loads(await k.get_raw(f"{prefix}/namespaces/{namespace}/{plural}"))
+    return [clean(item, api_version, kind) for item in body.get("items") or []]
+
+
+@exporting
 async def export_resources(
     cluster: KubernetesCluster,
     namespace: str | None = None,
@@ -154,13 +158,7 @@ async def export_resources(
     )
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@exporting
 async def export_custom_resources(
     cluster: KubernetesCluster, resources: list[CustomResourceType], namespace: str | None = None
 ) -> ResourceExport:
