@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,81 +39,86 @@ def _processes_holding(path: Path) -> list[int]:
     return found
 
 
-def _alerts_while_prefect_is_down(
-    settings: Any, env: dict[str, str], tmp_path: Path, runbooks: Callable[..., subprocess.CompletedProcess[str]]
-) -> list[str]:
-    token = uuid.uuid4().hex
-    port = free_port()
-    gateway = processes.spawn_daemon(
-        [sys.executable, "-m", "runbooks.cli", "gateway", "serve", "--port", str(port)],
-        log_path=tmp_path / "gateway.log",
-        env={
-            **env,
-            "RUNBOOKS_GATEWAY_TOKEN": token,
-            "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),
-            "RUNBOOKS_GATEWAY_PREFECT_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
-            "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "1",
-        },
-    )
-    try:
+ALERT_NAMES = ("HighErrorRate", "HighResponseTime", "ModelDown")
+
+
+class _Gateway:
+    """``runbooks gateway serve`` as its own process, and Alertmanager's side of it."""
+
+    def __init__(self, settings: Any, env: dict[str, str], tmp_path: Path) -> None:
+        self.settings = settings
+        self.token = uuid.uuid4().hex
+        self.port = free_port()
+        self.pid = processes.spawn_daemon(
+            [sys.executable, "-m", "runbooks.cli", "gateway", "serve", "--port", str(self.port)],
+            log_path=tmp_path / "gateway.log",
+            env={
+                **env,
+                "RUNBOOKS_GATEWAY_TOKEN": self.token,
+                "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),
+                "RUNBOOKS_GATEWAY_PREFECT_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
+                "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "1",
+            },
+        )
         for _ in range(100):
-            if port_open("127.0.0.1", port):
+            if port_open("127.0.0.1", self.port):
                 break
             time.sleep(0.2)
-        down = runbooks("sandbox", "down", "--only", "prefect")
-        assert down.returncode == 0, down.stderr
-        assert not port_open("127.0.0.1", settings.prefect_port)
+
+    def send(self, status: str, fingerprints: list[str]) -> list[str]:
+        """One Alertmanager webhook per alert of ``ALERT_NAMES``; the incident ids the gateway answers."""
         incident_ids = []
-        for name in ("HighErrorRate", "HighResponseTime", "ModelDown"):
+        for name, fingerprint in zip(ALERT_NAMES, fingerprints, strict=True):
+            alert = {
+                "status": status,
+                "labels": {"alertname": name, "severity": "critical", "environment": self.settings.environment},
+                "annotations": {"summary": f"{name} while Prefect is down"},
+                "fingerprint": fingerprint,
+            }
             response = httpx.post(
-                f"http://127.0.0.1:{port}/alerts/alertmanager",
-                headers={"Authorization": f"Bearer {token}"},
+                f"http://127.0.0.1:{self.port}/alerts/alertmanager",
+                headers={"Authorization": f"Bearer {self.token}"},
                 json={
                     "version": "4",
-                    "status": "firing",
+                    "status": status,
                     "receiver": "runbooks",
                     "groupKey": f"{{}}:{{alertname={name}}}",
-                    "alerts": [
-                        {
-                            "status": "firing",
-                            "labels": {"alertname": name, "severity": "critical", "environment": settings.environment},
-                            "annotations": {"summary": f"{name} while Prefect is down"},
-                            "fingerprint": uuid.uuid4().hex[:16],
-                        }
-                    ],
+                    "alerts": [alert],
                 },
             )
             assert response.status_code == 202, response.text
             incident_ids.append(str(response.json()["incidents"][0]["incident_id"]))
-        time.sleep(2)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json()["pending_events"] == 3
-        up = runbooks("sandbox", "up", "--only", "prefect")
-        assert up.returncode == 0, up.stderr[-3000:]
-        for _ in range(120):  # delivered from the outbox once Prefect answers
-            pending = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
-            if not pending.get("pending_events"):
-                break
-            time.sleep(0.5)
         return incident_ids
-    finally:
-        processes.stop_group(gateway)
+
+    def pending(self) -> int:
+        return int(httpx.get(f"http://127.0.0.1:{self.port}/healthz").json().get("pending_events") or 0)
+
+    def drained(self) -> None:
+        for _ in range(120):  # delivered from the outbox once Prefect answers
+            if not self.pending():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the gateway still holds {self.pending()} events")
+
+    def stop(self) -> None:
+        processes.stop_group(self.pid)
 
 
-def _wait_for_triage_run(prefect_port: int, incident_id: str, timeout_s: float = 240) -> dict[str, Any]:
+def _wait_for_run(
+    prefect_port: int, incident_id: str, flow: str = "incident-triage", timeout_s: float = 240
+) -> dict[str, Any]:
     api = f"http://127.0.0.1:{prefect_port}/api"
     deadline = time.monotonic() + timeout_s
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        runs = httpx.post(
-            f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["incident-triage"]}}, "limit": 50}
-        ).json()
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": [flow]}}, "limit": 50}).json()
         for run in runs:
             if run["parameters"].get("incident_id") == incident_id:
                 last = run
                 if run["state_type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
                     return dict(run)
         time.sleep(1)
-    raise AssertionError(f"no finished incident-triage run for {incident_id} within {timeout_s}s: {last}")
+    raise AssertionError(f"no finished {flow} run for {incident_id} within {timeout_s}s: {last}")
 
 
 @pytest.mark.slow
@@ -183,11 +187,30 @@ def test_up_status_run_down(tmp_path: Path) -> None:
 
         # alerts accepted while the Prefect server is down are all triaged once it is back: gateway → outbox →
         # event → the deployment's trigger → worker → a completed incident-triage flow run
-        incident_ids = _alerts_while_prefect_is_down(settings, env, tmp_path, runbooks)
-        runs = [_wait_for_triage_run(settings.prefect_port, incident_id) for incident_id in incident_ids]
-        assert [run["state_type"] for run in runs] == ["COMPLETED"] * 3, runs
-        assert [run["parameters"]["alert_name"] for run in runs] == ["HighErrorRate", "HighResponseTime", "ModelDown"]
-        assert {run["parameters"]["environment"] for run in runs} == {settings.environment}
+        fingerprints = [uuid.uuid4().hex[:16] for _ in ALERT_NAMES]
+        gateway = _Gateway(settings, env, tmp_path)
+        try:
+            down = runbooks("sandbox", "down", "--only", "prefect")
+            assert down.returncode == 0, down.stderr
+            assert not port_open("127.0.0.1", settings.prefect_port)
+            incident_ids = gateway.send("firing", fingerprints)
+            time.sleep(2)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
+            assert gateway.pending() == 3
+            up = runbooks("sandbox", "up", "--only", "prefect")
+            assert up.returncode == 0, up.stderr[-3000:]
+            gateway.drained()
+            runs = [_wait_for_run(settings.prefect_port, incident_id) for incident_id in incident_ids]
+            assert [run["state_type"] for run in runs] == ["COMPLETED"] * 3, runs
+            assert [run["parameters"]["alert_name"] for run in runs] == list(ALERT_NAMES)
+            assert {run["parameters"]["environment"] for run in runs} == {settings.environment}
+            # Alertmanager then sends them as resolved: each runs incident-resolved for its incident
+            assert gateway.send("resolved", fingerprints) == incident_ids
+            gateway.drained()
+            closed = [_wait_for_run(settings.prefect_port, i, flow="incident-resolved") for i in incident_ids]
+            assert [run["state_type"] for run in closed] == ["COMPLETED"] * 3, closed
+            assert [run["parameters"]["alert_name"] for run in closed] == list(ALERT_NAMES)
+        finally:
+            gateway.stop()
     finally:
         down = runbooks("sandbox", "down")
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)
