@@ -743,7 +743,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     env: RunbookEnvironment | None = None
     keys: list[str] = []
     result: dict[str, Any] = {}
-    details: dict[str, Any] = {"jobs": args.jobs}
+    details: dict[str, Any] = {"jobs": args.jobs, "compression_level": args.compression_level or 3}
     try:
         dsn, pg_gen_s = await asyncio.to_thread(prepare_postgres, admin_dsn, args.pg_mib)
         await asyncio.to_thread(bench_redis.start)
@@ -777,8 +777,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         say("backup_flow_s: daily-backup in a child process ...")
         s3_pid = int(state.get("s3").get("pid") or 0)
         s3_cpu_before = process_cpu_s(s3_pid)
+        level = ["--compression-level", str(args.compression_level)] if args.compression_level else []
         backup, backup_tree_peak, backup_wall = await run_child(
-            ["backup", "--environment", BENCH_ENVIRONMENT], child_env, work / "backup-flow.log"
+            ["backup", "--environment", BENCH_ENVIRONMENT, *level], child_env, work / "backup-flow.log"
         )
         details["s3_server_cpu_s"] = round(process_cpu_s(s3_pid) - s3_cpu_before, 2) if s3_pid else None
         details["flow_parts"] = backup["parts"]
@@ -854,6 +855,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "restored_rows": restore["rows"],
             "seed_steps_s": details.get("seed_steps"),
             "jobs": args.jobs,
+            "compression_level": details["compression_level"],
             "generated_s": {
                 "postgres": None if pg_gen_s is None else round(pg_gen_s, 1),
                 "redis": None if redis_gen_s is None else round(redis_gen_s, 1),
@@ -902,6 +904,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-seed", action="store_true", help="leave the seed's script out (no speedup_vs_seed)")
     parser.add_argument("--keep-data", action="store_true", help="keep the data and the block for the next run")
     parser.add_argument("--jobs", type=int, default=2, help="pg_restore -j, for both restores")
+    parser.add_argument("--compression-level", type=int, help="the flow's zstd level (default: the flow's own, 3)")
     parser.add_argument("--workdir", help="where the seed's files and the raw dump go (default: the temp dir)")
     parser.add_argument("--pipeline", action="store_true", help="run benchmarks.backup_pipeline instead (its options)")
     args = parser.parse_args(argv)

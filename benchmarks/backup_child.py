@@ -46,12 +46,13 @@ def rss_bytes() -> int:
         return 0
 
 
-async def run_backup(environment: str, parts: list[str] | None) -> dict[str, Any]:
+async def run_backup(environment: str, parts: list[str] | None, level: int | None = None) -> dict[str, Any]:
     from flows.backup import DEFAULT_PARTS, daily_backup
 
     imported_rss = rss_bytes()
     started = time.perf_counter()
-    report = await daily_backup(environment=environment, parts=parts)  # type: ignore[arg-type]
+    options: dict[str, Any] = {} if level is None else {"compression_level": level}
+    report = await daily_backup(environment=environment, parts=parts, **options)  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
     rows = []
     for part in report.parts:
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     backup = sub.add_parser("backup")
     backup.add_argument("--environment", required=True)
     backup.add_argument("--parts", help="comma-separated parts, for a diagnosis (default: the flow's default parts)")
+    backup.add_argument("--compression-level", type=int, help="zstd level (default: the flow's)")
     restore = sub.add_parser("restore")
     restore.add_argument("--environment", required=True)
     restore.add_argument("--backup-id", required=True)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.flow == "backup":
             parts = args.parts.split(",") if args.parts else None
-            result = asyncio.run(run_backup(args.environment, parts))
+            result = asyncio.run(run_backup(args.environment, parts, args.compression_level))
         else:
             result = asyncio.run(run_restore(args.environment, args.backup_id, args.database, args.jobs))
         result["ok"] = True

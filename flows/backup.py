@@ -50,7 +50,7 @@ from tasks.backup.manifest import (
     new_backup_id,
 )
 from tasks.backup.parts import dump_postgres, dump_postgres_schema, dump_redis
-from tasks.backup.pipeline import Progress, UploadTarget
+from tasks.backup.pipeline import ZSTD_LEVEL, Progress, UploadTarget
 from tasks.backup.restore import write_manifest
 from tasks.backup.retention import (
     RetentionPlan,
@@ -474,13 +474,16 @@ async def daily_backup(
     parts: list[BackupPart] | None = None,
     dry_run: bool = False,
     retention: RetentionSettings | None = None,
+    compression_level: Annotated[int, Field(ge=1, le=19)] = ZSTD_LEVEL,
 ) -> BackupReport:
     """Back up ``parts`` (default: PostgreSQL, Redis, Kubernetes, logs) of ``environment`` concurrently to its
     bucket, write the manifest last, publish a report (artifact ``backup-<environment>``) and ``backup.completed`` /
-    ``backup.failed``, then apply retention. ``dry_run`` checks every system and says what it would do."""
+    ``backup.failed``, then apply retention. ``dry_run`` checks every system and says what it would do.
+    ``compression_level`` is zstd's (1 is fastest; the manifest records it per object)."""
     env = await load_environment(environment)
     names = list(dict.fromkeys(parts or DEFAULT_PARTS))
-    report, failure = await run_backup(env, environment, "daily", names, dry_run=dry_run)
+    target = UploadTarget(bucket=env.backups, level=compression_level)
+    report, failure = await run_backup(env, environment, "daily", names, dry_run=dry_run, target=target)
     if not dry_run:
         emit_backup_event(report)
     settings = retention or RetentionSettings()

@@ -218,6 +218,18 @@ async def test_dry_run_writes_nothing(env: RunbookEnvironment) -> None:
     assert list_stored(env.backups, report.prefix) == []
 
 
+async def test_compression_level_is_a_parameter_recorded_per_object(env: RunbookEnvironment) -> None:
+    from prefect.exceptions import ParameterTypeError
+
+    report = await daily_backup(
+        environment=TEST_ENVIRONMENT, parts=["postgres"], retention=NO_RETENTION, compression_level=1
+    )
+    manifest = await read_manifest(env.backups, report.prefix)
+    assert manifest is not None and [o.compression_level for o in manifest.objects] == [1]
+    with pytest.raises(ParameterTypeError, match="compression_level"):
+        await daily_backup(environment=TEST_ENVIRONMENT, parts=["postgres"], compression_level=0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # failures: retried or failed clearly, never a manifest
 
