@@ -260,3 +260,13 @@ async def deployment_pods(k: Kube, namespace: str, deployment: str) -> list[V1Po
     """The pods a Deployment selects (by its selector, as kubectl does)."""
     dep = await k.apps.read_namespaced_deployment(deployment, namespace)
     return list((await k.core.list_namespaced_pod(namespace, label_selector=selector_string(dep.spec.selector))).items)
+
+
+async def hpa_for(k: Kube, namespace: str, deployment: str) -> Any:
+    """The HorizontalPodAutoscaler whose target is the Deployment, or None."""
+    hpas = await k.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace)
+    for h in hpas.items:
+        ref = h.spec.scale_target_ref
+        if ref.kind == "Deployment" and ref.name == deployment:
+            return h
+    return None

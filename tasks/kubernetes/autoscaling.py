@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from blocks.kubernetes import KubernetesCluster
 from runbooks.errors import KubernetesError
 from runbooks.retry import retry_on_transient
-from tasks.kubernetes._api import Kube, kube, namespace_of, run_logger
+from tasks.kubernetes._api import hpa_for, kube, namespace_of, run_logger
 
 #: JSON on the HPA: {"minReplicas": n, "maxReplicas": m, "incidents": [...], "since": iso} (the bounds before any raise)
 FLOOR_ANNOTATION = "runbooks.io/raised-floor"
@@ -94,15 +94,6 @@ class FloorRelease(BaseModel):
     remaining_incidents: list[str]
 
 
-async def _hpa_for(k: Kube, ns: str, deployment: str) -> V1HorizontalPodAutoscaler | None:
-    hpas = await k.autoscaling.list_namespaced_horizontal_pod_autoscaler(ns)
-    for h in hpas.items:
-        ref = h.spec.scale_target_ref
-        if ref.kind == "Deployment" and ref.name == deployment:
-            return h
-    return None
-
-
 @task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
 async def scale_out_deployment(
     cluster: KubernetesCluster, name: str, replicas: int, incident: str, namespace: str | None = None
@@ -120,7 +111,7 @@ async def scale_out_deployment(
     ns = namespace_of(cluster, namespace)
     log = run_logger()
     async with kube(cluster, f"scaling Deployment {ns}/{name} out to {replicas}") as k:
-        hpa = await _hpa_for(k, ns, name)
+        hpa: V1HorizontalPodAutoscaler | None = await hpa_for(k, ns, name)
         hpa_min = hpa_max = original_min = None
         hpa_changed = False
         if hpa is not None:

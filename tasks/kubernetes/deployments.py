@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from blocks.kubernetes import KubernetesCluster
 from runbooks.errors import KubernetesError
 from runbooks.retry import retry_on_transient
-from tasks.kubernetes._api import Condition, Kube, kube, namespace_of, now, run_logger, selector_string
+from tasks.kubernetes._api import Condition, Kube, hpa_for, kube, namespace_of, now, run_logger, selector_string
 from tasks.kubernetes.inventory import pod_info
 from tasks.kubernetes.quantity import parse_quantity
 
@@ -462,14 +462,9 @@ async def scale_deployment(
         previous = scale.spec.replicas or 0
         if previous != replicas:
             await k.apps.patch_namespaced_deployment_scale(name, ns, {"spec": {"replicas": replicas}})
-        hpas = await k.autoscaling.list_namespaced_horizontal_pod_autoscaler(ns)
-    hpa = next(
-        (
-            f"{h.metadata.name} (min {h.spec.min_replicas or 1}, max {h.spec.max_replicas})"
-            for h in hpas.items
-            if h.spec.scale_target_ref.kind == "Deployment" and h.spec.scale_target_ref.name == name
-        ),
-        None,
+        found = await hpa_for(k, ns, name)
+    hpa = (
+        f"{found.metadata.name} (min {found.spec.min_replicas or 1}, max {found.spec.max_replicas})" if found else None
     )
     if previous != replicas:
         run_logger().info("Deployment %s/%s: replicas %s -> %s", ns, name, previous, replicas)
