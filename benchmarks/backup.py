@@ -308,7 +308,7 @@ class BenchRedis:
         return redis.Redis.from_url(self.url, socket_timeout=600)
 
     def start(self) -> None:
-        from runbooks import processes
+        from kernel import processes
         from sandbox.components import wait_until
         from tasks.redis import redis_server_binary
 
@@ -347,7 +347,7 @@ class BenchRedis:
         return int(self.client().info("memory")["used_memory"])
 
     def stop(self, *, keep: bool) -> None:
-        from runbooks import processes
+        from kernel import processes
 
         if self.pid is None:
             return
@@ -372,7 +372,8 @@ async def save_bench_environment(
     """The sandbox's environment with the benchmark's database and Redis, saved as ``bench-backup``."""
     from blocks.postgres import PostgresDatabase
     from blocks.redis import RedisDatabase
-    from sandbox.blocks import register_block_types, sandbox_environment, save_environment
+    from blocks.registry import register_block_types, save_environment
+    from sandbox.blocks import sandbox_environment
 
     env = sandbox_environment(settings, state)
     env.postgres = PostgresDatabase(dsn=pg_dsn)

@@ -54,7 +54,7 @@ def _moto_bucket(home: Path) -> tuple[S3Bucket, int]:
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
 
-    from runbooks import processes
+    from kernel import processes
     from sandbox.components import port_open, wait_until
 
     port = _free_port()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--environment", help="use this environment block's bucket instead of a local moto")
     args = parser.parse_args(argv)
 
-    from runbooks import processes
+    from kernel import processes
     from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
     from tasks.storage import delete_stored
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from benchmarks import loadgen
-from runbooks import processes
+from kernel import processes
 from sandbox.config import SandboxSettings, SandboxState
 
 TOKEN = "bench-" + uuid.uuid4().hex

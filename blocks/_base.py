@@ -8,6 +8,9 @@ from typing import ClassVar
 
 import httpx
 from prefect.blocks.core import Block
+from pydantic import model_validator
+
+from kernel.redact import register_secrets_in
 
 DOCS_URL = "https://docs.prefect.io/v3/develop/blocks"
 
@@ -16,6 +19,12 @@ class RunbookBlock(Block):
     """Base of every block of this project: it knows the name it was saved under, for error messages."""
 
     _documentation_url: ClassVar[str] = DOCS_URL  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _register_secrets(self) -> RunbookBlock:
+        """Every secret value of a block built in this process is redacted from what leaves it (kernel.redact)."""
+        register_secrets_in(self)
+        return self
 
     @property
     def display_name(self) -> str:

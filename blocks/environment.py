@@ -17,7 +17,7 @@ from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
-from runbooks.errors import ConfigurationError
+from kernel.errors import ConfigurationError
 
 EnvironmentKind = Literal["sandbox", "staging", "production"]
 

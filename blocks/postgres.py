@@ -10,7 +10,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, field_validator
 
 from blocks._base import RunbookBlock
-from runbooks.errors import ConfigurationError
+from kernel.errors import ConfigurationError
 
 
 class PostgresDatabase(RunbookBlock):

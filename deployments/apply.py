@@ -17,8 +17,8 @@ from uuid import UUID
 
 import yaml
 
-from runbooks import processes
-from runbooks.errors import RunbookError
+from kernel import processes
+from kernel.errors import RunbookError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

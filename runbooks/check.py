@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from blocks.environment import RunbookEnvironment, load_environment
-from runbooks.errors import ConfigurationError, PlatformAPIError, PlatformAuthError, RunbookError
+from kernel.errors import ConfigurationError, PlatformAPIError, PlatformAuthError, RunbookError
 from tasks._http import platform_request
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runbooks.errors import ConfigurationError, RunbookError
+from kernel.errors import ConfigurationError, RunbookError
 
 
 def _say(message: str) -> None:
@@ -22,10 +22,15 @@ def _say(message: str) -> None:
 
 
 def _prefect_api_url() -> str:
-    """PREFECT_API_URL from the environment, else the sandbox's Prefect server."""
-    from sandbox.config import SandboxSettings
+    """PREFECT_API_URL from the environment or Prefect's profile, else the sandbox's Prefect server."""
+    from prefect.settings import PREFECT_API_URL
 
-    return os.environ.get("PREFECT_API_URL") or SandboxSettings().prefect_api_url
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        return str(configured)
+    from runbooks.sandbox_cli import sandbox_prefect_api_url  # the embedded default
+
+    return sandbox_prefect_api_url()
 
 
 def _with_prefect(fn: Callable[[], Any]) -> Any:
@@ -45,45 +50,23 @@ def _with_prefect(fn: Callable[[], Any]) -> Any:
 
 # ------------------------------------------------------------------------------------------------ sandbox
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from sandbox.manager import Sandbox
+    from runbooks.sandbox_cli import cmd_sandbox as run
 
-    sandbox = Sandbox()
-    only = args.only.split(",") if getattr(args, "only", None) else None
-    if args.action == "up":
-        for status in sandbox.up(only, progress=_say):
-            _say(f"  {status.name:<10} up   {status.address}")
-        _say(
-            'sandbox is up: `eval "$(runbooks sandbox env)"`; Prefect UI at '
-            f"http://{sandbox.settings.host}:{sandbox.settings.prefect_port}"
-        )
-    elif args.action == "down":
-        sandbox.down(only, progress=_say)
-        _say("sandbox is down")
-    elif args.action == "status":
-        statuses = sandbox.status(only)
-        if args.json:
-            print(json.dumps([s.__dict__ for s in statuses], indent=2))
-        else:
-            for s in statuses:
-                print(f"{s.name:<10} {'healthy' if s.healthy else 'DOWN   '}  {s.address:<40} {s.detail}")
-        return 0 if all(s.healthy for s in statuses) else 1
-    elif args.action == "env":
-        print("\n".join(sandbox.export_lines()))
-    return 0
+    return run(args, say=_say)
 
 
 # ------------------------------------------------------------------------------------------------- blocks
 def cmd_blocks(args: argparse.Namespace) -> int:
-    from sandbox.blocks import apply_blocks, register_block_types
-    from sandbox.config import SandboxSettings, SandboxState
+    from blocks.registry import register_block_types
 
-    settings = SandboxSettings()
     if args.action == "register":
         slugs = _with_prefect(lambda: asyncio.run(register_block_types()))
         _say("registered block types: " + ", ".join(slugs))
-    else:
-        saved = _with_prefect(lambda: asyncio.run(apply_blocks(settings, SandboxState(settings.home))))
-        _say("saved blocks: " + ", ".join(saved))
+        return 0
+    from runbooks.sandbox_cli import apply_sandbox_blocks
+
+    saved = _with_prefect(apply_sandbox_blocks)
+    _say("saved blocks: " + ", ".join(saved))
     return 0
 
 

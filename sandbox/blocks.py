@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.s3 import S3Bucket
-from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
 from pydantic import SecretStr
 
 from blocks.encryption import BackupEncryptionKey
@@ -16,29 +14,8 @@ from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
+from blocks.registry import register_block_types, save_environment
 from sandbox.config import SandboxSettings, SandboxState
-
-BLOCK_TYPES: tuple[type[Block], ...] = (
-    PlatformAPI,
-    PostgresDatabase,
-    RedisDatabase,
-    KubernetesCluster,
-    SlackNotifier,
-    PagerDutyNotifier,
-    OpsgenieNotifier,
-    BackupEncryptionKey,
-    RunbookEnvironment,
-    AwsCredentials,
-    S3Bucket,
-    KubernetesCredentials,
-    KubernetesClusterConfig,
-)
-
-
-async def register_block_types() -> list[str]:
-    for block_type in BLOCK_TYPES:
-        await block_type.register_type_and_schema()
-    return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
 
 
 def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> RunbookEnvironment:
@@ -93,34 +70,6 @@ def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesClu
         return None
     # the flows' bearer token goes into the block's SecretStr, not into the kubeconfig dict that is stored in clear
     return KubernetesCluster.from_kubeconfig(Path(kubeconfig), namespace="production")
-
-
-async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:
-    """Save every child block under ``name`` first, then the environment that references them."""
-    saved = []
-    k8s = env.kubernetes
-    children: list[Block | None] = [
-        env.platform,
-        env.postgres,
-        env.redis,
-        env.backups.credentials,
-        env.backups,
-        k8s.credentials.cluster_config if k8s else None,
-        k8s.credentials if k8s else None,
-        k8s,
-        env.slack,
-        env.pagerduty,
-        env.opsgenie,
-        env.backup_encryption,
-    ]
-    for child in children:
-        if child is None:
-            continue
-        await child.save(name, overwrite=True)
-        saved.append(f"{child.get_block_type_slug()}/{name}")
-    await env.save(name, overwrite=True)
-    saved.append(f"{env.get_block_type_slug()}/{name}")
-    return saved
 
 
 async def apply_blocks(settings: SandboxSettings, state: SandboxState) -> list[str]:

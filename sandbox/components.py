@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from runbooks import processes
-from runbooks.errors import SandboxError
+from kernel import processes
+from kernel.errors import SandboxError
 from sandbox.config import PROJECT_DIR, SandboxSettings, SandboxState
 
 #: the flow the in-process triage worker imports at start

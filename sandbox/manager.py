@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Iterable
 
-from runbooks.errors import SandboxError
+from kernel.errors import SandboxError
 from sandbox.components import (
     Component,
     ComponentStatus,

@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from runbooks.errors import PlatformAPIError, PlatformAuthError
+from kernel.errors import PlatformAPIError, PlatformAuthError
 
 
 async def platform_request(

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import httpx
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
-from runbooks.errors import NotificationError
-from runbooks.retry import retry_on_transient
+from kernel.errors import NotificationError
+from kernel.retry import idempotent_task
 
 
 class SlackMessage(BaseModel):
@@ -34,7 +33,7 @@ async def _post(
     return response
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def post_slack_webhook(slack: SlackNotifier, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
     """The runbook's ``curl -X POST $SLACK_*_WEBHOOK``: a one-off message."""
     payload: dict[str, Any] = {"text": text}
@@ -44,7 +43,7 @@ async def post_slack_webhook(slack: SlackNotifier, text: str, blocks: list[dict[
         await _post(client, slack.webhook_url.get_secret_value(), payload, what="Slack webhook", idempotent=False)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def post_slack_message(
     slack: SlackNotifier,
     channel: str,
@@ -75,7 +74,7 @@ async def post_slack_message(
     return SlackMessage(channel=body.get("channel", channel), ts=body.get("ts"))
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=retry_on_transient)
+@idempotent_task(retries=3, retry_delay_seconds=[1, 5, 15])
 async def send_pagerduty_event(
     pagerduty: PagerDutyNotifier,
     action: Literal["trigger", "acknowledge", "resolve"],
@@ -103,7 +102,7 @@ async def send_pagerduty_event(
     return str(response.json().get("dedup_key", dedup_key))
 
 
-@task(retries=3, retry_delay_seconds=[1, 5, 15], retry_condition_fn=retry_on_transient)
+@idempotent_task(retries=3, retry_delay_seconds=[1, 5, 15])
 async def create_opsgenie_alert(
     opsgenie: OpsgenieNotifier,
     message: str,

@@ -1,4 +1,4 @@
-"""PostgreSQL client tools (pg_dump, pg_restore) run through :mod:`runbooks.processes`.
+"""PostgreSQL client tools (pg_dump, pg_restore) run through :mod:`kernel.processes`.
 
 Argument lists only; the password goes to the child in ``PGPASSWORD`` (never on its command line, where
 ``ps`` would show it); each run has a timeout and its own process group. The binaries come from
@@ -17,8 +17,8 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from blocks.postgres import PostgresDatabase
-from runbooks import processes
-from runbooks.errors import PostgresError
+from kernel import processes
+from kernel.errors import PostgresError
 
 PG_BIN_DIR_ENV = "RUNBOOKS_PG_BIN_DIR"
 

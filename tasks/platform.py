@@ -6,11 +6,10 @@ import re
 import time
 from collections import defaultdict
 
-from prefect import task
 from pydantic import BaseModel, Field
 
 from blocks.platform import PlatformAPI
-from runbooks.retry import retry_on_transient
+from kernel.retry import idempotent_task, read_task
 from tasks._http import platform_request
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
@@ -104,7 +103,7 @@ class StatusPageSummary(BaseModel):
     open_incidents: int
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def check_health(platform: PlatformAPI, path: str = "/health") -> EndpointHealth:
     """GET /health (``curl -f .../health``): 200 is healthy, 503 is an answer too (unhealthy)."""
     async with platform.get_client(admin=False) as client:
@@ -121,7 +120,7 @@ async def check_health(platform: PlatformAPI, path: str = "/health") -> Endpoint
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def fetch_metrics(platform: PlatformAPI) -> PlatformMetrics:
     """GET /metrics and keep the error rate, response time, CPU and memory figures."""
     async with platform.get_client(admin=False) as client:
@@ -129,7 +128,7 @@ async def fetch_metrics(platform: PlatformAPI) -> PlatformMetrics:
     return summarize_metrics(parse_prometheus(response.text))
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def list_models(platform: PlatformAPI) -> list[ModelStatus]:
     """GET /api/v1/models."""
     async with platform.get_client(admin=False) as client:
@@ -137,7 +136,7 @@ async def list_models(platform: PlatformAPI) -> list[ModelStatus]:
     return [ModelStatus.model_validate(m) for m in response.json()["models"]]
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def check_model_health(platform: PlatformAPI, model: str) -> ModelHealth:
     """GET /api/v1/models/{model}/health: 200 healthy, 503 down."""
     async with platform.get_client(admin=False) as client:
@@ -150,7 +149,7 @@ async def check_model_health(platform: PlatformAPI, model: str) -> ModelHealth:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def get_status_page(platform: PlatformAPI) -> StatusPageSummary:
     """GET the status page's /api/v2/summary.json (pre-deployment check: no incident open)."""
     async with platform.get_status_page_client() as client:
@@ -170,7 +169,7 @@ class AdminResult(BaseModel):
     response: dict[str, object] = Field(default_factory=dict)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def open_circuit_breaker(platform: PlatformAPI, model: str, duration_s: int = 300) -> AdminResult:
     """``POST /admin/circuit-breaker {"model", "action": "open", "duration"}``: opening an open breaker is a no-op."""
     async with platform.get_client() as client:
@@ -180,7 +179,7 @@ async def open_circuit_breaker(platform: PlatformAPI, model: str, duration_s: in
     return AdminResult(action="open_circuit_breaker", target=model, response=response.json())
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def set_model_fallback(
     platform: PlatformAPI, model: str, fallback_model: str, duration_s: int = 1800
 ) -> AdminResult:

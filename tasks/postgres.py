@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import psycopg
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.postgres import PostgresDatabase
-from runbooks.errors import PostgresError
-from runbooks.retry import retry_on_transient
+from kernel.errors import PostgresError
+from kernel.retry import read_task
 
 
 class PostgresHealth(BaseModel):
@@ -18,7 +17,7 @@ class PostgresHealth(BaseModel):
     connections_by_state: dict[str, int]
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def check_postgres(db: PostgresDatabase) -> PostgresHealth:
     """``SELECT NOW(), COUNT(*) FROM pg_stat_activity`` and connections by state, as the runbook does."""
     async with db.get_client() as conn:

@@ -17,13 +17,12 @@ from urllib.parse import unquote, urlsplit
 
 import redis as sync_redis
 import redis.exceptions
-from prefect import task
 from pydantic import BaseModel
 
 from blocks.redis import RedisDatabase
-from runbooks import processes
-from runbooks.errors import ConfigurationError, RedisError, RunbookError
-from runbooks.retry import retry_on_transient
+from kernel import processes
+from kernel.errors import ConfigurationError, RedisError, RunbookError
+from kernel.retry import idempotent_task, read_task
 
 
 class RedisHealth(BaseModel):
@@ -34,7 +33,7 @@ class RedisHealth(BaseModel):
     key_count: int
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def check_redis(cache: RedisDatabase) -> RedisHealth:
     """``redis-cli ping`` with its latency, plus version, memory and key count."""
     client = cache.get_client()
@@ -111,7 +110,7 @@ def _keyspace(info: Mapping[str, Any]) -> dict[int, int]:
     return {int(name[2:]): int(value["keys"]) for name, value in info.items() if name.startswith("db")}
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def redis_server_info(cache: RedisDatabase) -> RedisServerInfo:
     """Version, key count of the block's database and of every database (an RDB holds them all)."""
     client = cache.get_client()
@@ -133,7 +132,7 @@ async def redis_server_info(cache: RedisDatabase) -> RedisServerInfo:
     )
 
 
-@task(retries=1, retry_delay_seconds=[5], retry_condition_fn=retry_on_transient)
+@idempotent_task(retries=1, retry_delay_seconds=[5])
 async def bgsave(cache: RedisDatabase, *, timeout_s: float = 600.0, poll_interval_s: float = 0.5) -> BgsaveResult:
     """``redis-cli BGSAVE``, then wait until ``LASTSAVE`` moves (the seed's "verificar último save").
 

@@ -12,12 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-from prefect import task
 from prefect_aws.s3 import S3Bucket
 from pydantic import BaseModel
 
-from runbooks.errors import ConfigurationError, StorageError
-from runbooks.retry import retry_on_transient
+from kernel.errors import ConfigurationError, StorageError
+from kernel.retry import read_task
 
 
 class BucketHealth(BaseModel):
@@ -32,7 +31,7 @@ def _endpoint(bucket: S3Bucket) -> str:
     return str(getattr(params, "endpoint_url", None) or "aws")
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def check_bucket(bucket: S3Bucket, prefix: str = "") -> BucketHealth:
     """``aws s3api head-bucket`` and the newest object under ``prefix`` (the weekly check of the latest backup)."""
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from runbooks import processes
-from runbooks.errors import SandboxError
+from kernel import processes
+from kernel.errors import SandboxError
 from sandbox.components import Component, ComponentStatus, log_tail, port_free, wait_until
 from sandbox.config import PROJECT_DIR
 from sandbox.k8s import seed

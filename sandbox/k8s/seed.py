@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from runbooks.errors import SandboxError
+from kernel.errors import SandboxError
 
 NS = "production"
 FLOWS_USER = "runbooks-flows"

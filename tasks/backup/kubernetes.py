@@ -29,16 +29,14 @@ from typing import Any
 
 from kubernetes_asyncio.client import V1Pod
 from kubernetes_asyncio.client.exceptions import ApiException
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect_aws.s3 import S3Bucket
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks.encryption import BackupEncryptionKey
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import ConfigurationError
-from runbooks.retry import retry_on_transient
+from kernel.errors import ConfigurationError
+from kernel.retry import idempotent_task, read_task
 from tasks.backup.crypto import CIPHER, KEY_WRAP, DataKey, decrypt_secrets
 from tasks.backup.manifest import BackupObject, Manifest, PartResult
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
@@ -122,14 +120,7 @@ def _chunks(data: bytes, size: int = CHUNK) -> Iterator[bytes]:
 
 
 # ---------------------------------------------------------------------------------------- resources, secrets
-@task(
-    name="backup-kubernetes",
-    retries=1,
-    retry_delay_seconds=[5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@idempotent_task(name="backup-kubernetes", retries=1, retry_delay_seconds=[5], persist_result=False)
 async def backup_kubernetes(
     cluster: KubernetesCluster,
     target: UploadTarget,
@@ -257,7 +248,7 @@ async def _count_metadata(k: Kube, path: str) -> int:
     return len(json.loads(body).get("items") or [])
 
 
-@task(name="plan-kubernetes-backup", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE)
+@read_task(name="plan-kubernetes-backup", retries=1, retry_delay_seconds=[2])
 async def plan_kubernetes(cluster: KubernetesCluster, namespaces: list[str]) -> dict[str, dict[str, int]]:
     """For a dry run: per namespace, how many Deployments, pods, ConfigMaps and Secrets there are."""
     counts: dict[str, dict[str, int]] = {}
@@ -391,14 +382,7 @@ def _pull(agen: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop, stop: thr
                 pass
 
 
-@task(
-    name="backup-application-logs",
-    retries=1,
-    retry_delay_seconds=[5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+@idempotent_task(name="backup-application-logs", retries=1, retry_delay_seconds=[5], persist_result=False)
 async def backup_application_logs(
     cluster: KubernetesCluster,
     target: UploadTarget,

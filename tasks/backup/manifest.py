@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from runbooks.errors import RunbookError
+from kernel.errors import RunbookError
 
 BackupKind = Literal["daily", "emergency", "schema"]
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"

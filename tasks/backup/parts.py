@@ -11,15 +11,13 @@ import time
 from datetime import UTC, datetime
 
 import psycopg
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from psycopg import sql
 
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
-from runbooks.errors import PostgresError
-from runbooks.retry import retry_on_transient
+from kernel.errors import PostgresError
+from kernel.retry import idempotent_task
 from tasks import pgtools
 from tasks.backup.manifest import BackupCancelledError, PartResult, PostgresInfo, RedisInfo
 from tasks.backup.pipeline import UploadTarget, compress_and_upload
@@ -62,13 +60,7 @@ async def count_rows(conn: psycopg.AsyncConnection, tables: list[tuple[str, str]
     return counts
 
 
-@task(
-    name="dump-postgres",
-    retries=1,
-    retry_delay_seconds=[5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-)
+@idempotent_task(name="dump-postgres", retries=1, retry_delay_seconds=[5])
 async def dump_postgres(
     db: PostgresDatabase,
     target: UploadTarget,
@@ -159,13 +151,7 @@ async def dump_postgres(
     )
 
 
-@task(
-    name="dump-postgres-schema",
-    retries=1,
-    retry_delay_seconds=[5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-)
+@idempotent_task(name="dump-postgres-schema", retries=1, retry_delay_seconds=[5])
 async def dump_postgres_schema(
     db: PostgresDatabase, target: UploadTarget, prefix: str, *, timeout_s: float = 3600
 ) -> PartResult:
@@ -193,13 +179,7 @@ async def dump_postgres_schema(
     )
 
 
-@task(
-    name="dump-redis",
-    retries=1,
-    retry_delay_seconds=[5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-)
+@idempotent_task(name="dump-redis", retries=1, retry_delay_seconds=[5])
 async def dump_redis(
     cache: RedisDatabase,
     target: UploadTarget,

@@ -8,14 +8,12 @@ import re
 from pathlib import Path
 
 import psycopg
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect_aws.s3 import S3Bucket
 from psycopg import sql
 
 from blocks.postgres import PostgresDatabase
-from runbooks.errors import PostgresError
-from runbooks.retry import retry_on_transient
+from kernel.errors import PostgresError
+from kernel.retry import idempotent_task, once_task, read_task
 from tasks import pgtools
 from tasks.backup.manifest import (
     MANIFEST_NAME,
@@ -43,7 +41,7 @@ class DatabaseExistsError(PostgresError):
         )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def write_manifest(bucket: S3Bucket, manifest: Manifest) -> str:
     """Write ``manifest.json``: the last object of a backup, the one that makes it complete."""
     data = manifest.model_dump_json(indent=2).encode()
@@ -56,7 +54,7 @@ async def read_manifest(bucket: S3Bucket, prefix: str) -> Manifest | None:
     return Manifest.model_validate_json(data) if data is not None else None
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def find_backup(bucket: S3Bucket, kind: BackupKind, environment: str, backup_id: str | None = None) -> Manifest:
     """The manifest of backup ``backup_id``, or of the newest completed backup when None. A backup without a
     completed manifest is an :class:`IncompleteBackupError`: it is never restored."""
@@ -83,7 +81,7 @@ async def find_backup(bucket: S3Bucket, kind: BackupKind, environment: str, back
     raise IncompleteBackupError(root, "there is no completed backup under it")
 
 
-@task(cache_policy=NO_CACHE)
+@read_task
 async def download_objects(bucket: S3Bucket, objects: list[BackupObject], dest_dir: Path) -> list[Path]:
     """Download and verify every object (size and SHA-256 against the manifest, zstd checksum) before
     anything is restored; the first corrupt one raises :class:`CorruptObjectError` naming it."""
@@ -106,7 +104,7 @@ def scratch_database_name(live: str, purpose: str, backup_id: str) -> str:
     return check_database_name(live[: 63 - len(suffix)] + suffix)
 
 
-@task
+@once_task
 async def create_database(db: PostgresDatabase, name: str) -> str:
     """``CREATE DATABASE <name> TEMPLATE template0`` on the block's server; an existing one is an error."""
     check_database_name(name)
@@ -123,7 +121,7 @@ async def create_database(db: PostgresDatabase, name: str) -> str:
     return name
 
 
-@task
+@once_task
 async def restore_archive(
     db: PostgresDatabase, archive: Path, *, dbname: str, jobs: int = 2, clean: bool = False, timeout_s: float = 6 * 3600
 ) -> str:
@@ -134,7 +132,7 @@ async def restore_archive(
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def count_table_rows(db: PostgresDatabase, dbname: str, tables: list[str]) -> dict[str, int | None]:
     """Exact row count of each ``schema.table`` in ``dbname`` (None: the table does not exist there)."""
     target = PostgresDatabase(dsn=db.conninfo(dbname=dbname), connect_timeout_s=db.connect_timeout_s)

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
 from prefect_aws.s3 import S3Bucket
 from pydantic import BaseModel, Field
 
-from runbooks.retry import retry_on_transient
+from kernel.retry import idempotent_task, read_task
 from tasks.backup.manifest import (
     MANIFEST_NAME,
     VERIFIED_NAME,
@@ -188,7 +187,7 @@ def plan_retention(
     return plan
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def list_backups(bucket: S3Bucket, environment: str, kind: BackupKind = "daily") -> list[StoredBackup]:
     """Every backup prefix of ``environment``, with its status (from its manifest) and verified marker."""
     root = environment_prefix(kind, environment)
@@ -226,7 +225,7 @@ async def list_backups(bucket: S3Bucket, environment: str, kind: BackupKind = "d
     return backups
 
 
-@task
+@idempotent_task
 async def apply_retention(bucket: S3Bucket, plan: RetentionPlan, backups: list[StoredBackup]) -> list[str]:
     """Delete the backups the plan marks. Markers (manifest, verified) go first, so a deletion cut short leaves
     an incomplete backup (deleted on a later run), never one that looks complete. Returns the deleted keys."""
@@ -242,7 +241,7 @@ async def apply_retention(bucket: S3Bucket, plan: RetentionPlan, backups: list[S
     return deleted
 
 
-@task
+@idempotent_task
 def clean_local_staging(directory: Path, older_than_days: float = 7, *, dry_run: bool = True) -> LocalCleanup:
     """The runbook's ``find /backups -name "backup-*.tar.gz" -mtime +7 -delete``, for the files our flows and the
     old script leave behind (:data:`LOCAL_PATTERNS`), never following symbolic links out of ``directory``.

@@ -19,16 +19,14 @@ from typing import Any
 import psycopg
 import redis as sync_redis
 import redis.exceptions
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect_aws.s3 import S3Bucket
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, Field
 
 from blocks.postgres import PostgresDatabase
-from runbooks.errors import PostgresError, RedisError
-from runbooks.retry import retry_on_transient
+from kernel.errors import PostgresError, RedisError
+from kernel.retry import idempotent_task, read_task
 from tasks.backup.manifest import VERIFIED_NAME, BackupError, Manifest, RedisInfo
 from tasks.backup.restore import check_database_name
 from tasks.redis import rdb_server
@@ -144,7 +142,7 @@ class VerifiedRecord(BaseModel):
 # PostgreSQL
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@read_task
 async def primary_key_columns(db: PostgresDatabase, dbname: str) -> dict[str, list[str]]:
     """``schema.table`` → its primary-key columns, read from the catalog of ``dbname``."""
     target = PostgresDatabase(dsn=db.conninfo(dbname=dbname), connect_timeout_s=db.connect_timeout_s)
@@ -161,7 +159,7 @@ async def primary_key_columns(db: PostgresDatabase, dbname: str) -> dict[str, li
     return keys
 
 
-@task
+@idempotent_task
 async def drop_database(db: PostgresDatabase, name: str) -> bool:
     """``DROP DATABASE IF EXISTS <name> WITH (FORCE)``; True when there was one. Refuses the block's own."""
     check_database_name(name)
@@ -281,7 +279,7 @@ def _present_tables(source: Any, tables: list[str]) -> list[str]:
     return [t for t in tables if t in found]
 
 
-@task(cache_policy=NO_CACHE)
+@read_task
 async def validate_database(
     db: PostgresDatabase, dbname: str, expected_rows: dict[str, int], key_columns: dict[str, list[str]]
 ) -> DatabaseValidation:
@@ -314,7 +312,7 @@ def count_rdb_keys(rdb_path: Path, db: int) -> tuple[int, dict[int, int]]:
     return size, keyspace
 
 
-@task(cache_policy=NO_CACHE)
+@read_task
 async def verify_redis(rdb_path: Path, expected: RedisInfo, *, tolerance: float = 0.0) -> RedisVerification:
     """Load the RDB into a throwaway server and compare its key count in the block's database with the
     manifest's. ``tolerance`` (a fraction) allows for writes between the manifest's count and the BGSAVE on a
@@ -334,7 +332,7 @@ async def verify_redis(rdb_path: Path, expected: RedisInfo, *, tolerance: float 
 # The marker
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient)
+@idempotent_task
 async def write_verified(bucket: S3Bucket, manifest: Manifest, record: VerifiedRecord) -> str:
     """Write ``verified.json`` next to the manifest; returns its key."""
     key = f"{manifest.prefix}{VERIFIED_NAME}"

@@ -35,7 +35,7 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import ConfigurationError, KubernetesError
+from kernel.errors import ConfigurationError, KubernetesError
 
 
 class Condition(BaseModel):

@@ -18,13 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio.client import V1HorizontalPodAutoscaler
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
-from runbooks.retry import retry_on_transient
+from kernel.errors import KubernetesError
+from kernel.retry import idempotent_task
 from tasks.kubernetes._api import hpa_for, kube, namespace_of, run_logger
 
 #: JSON on the HPA: {"minReplicas": n, "maxReplicas": m, "incidents": [...], "since": iso} (the bounds before any raise)
@@ -94,7 +92,7 @@ class FloorRelease(BaseModel):
     remaining_incidents: list[str]
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def scale_out_deployment(
     cluster: KubernetesCluster, name: str, replicas: int, incident: str, namespace: str | None = None
 ) -> ScaleOut:
@@ -166,7 +164,7 @@ async def scale_out_deployment(
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def release_hpa_floors(
     cluster: KubernetesCluster, incident: str, namespace: str | None = None, dry_run: bool = False
 ) -> list[FloorRelease]:

@@ -14,13 +14,11 @@ from typing import Any, Literal
 
 from kubernetes_asyncio.client import V1DeleteOptions, V1Preconditions
 from kubernetes_asyncio.client.exceptions import ApiException
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
-from runbooks.retry import retry_on_transient
+from kernel.errors import KubernetesError
+from kernel.retry import idempotent_task, read_task
 from tasks.kubernetes._api import Kube, kube, namespace_of, params, run_logger
 from tasks.kubernetes.deployments import revision_of
 
@@ -166,7 +164,7 @@ async def _delete(
     return Deletion(kind=kind, namespace=ns, name=name, outcome=outcome)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def delete_pod(
     cluster: KubernetesCluster, name: str, namespace: str | None = None, *, dry_run: bool = False
 ) -> Deletion:
@@ -176,7 +174,7 @@ async def delete_pod(
         return await _delete(k, "Pod", ns, name, dry_run=dry_run)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_old_replicasets(
     cluster: KubernetesCluster, namespace: str | None = None, *, keep: int = 5, deployment: str | None = None
 ) -> ReplicaSetPlan:
@@ -187,7 +185,7 @@ async def list_old_replicasets(
         return await _old_replicasets(k, ns, keep, deployment)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def delete_old_replicasets(
     cluster: KubernetesCluster,
     namespace: str | None = None,
@@ -207,7 +205,7 @@ async def delete_old_replicasets(
     return CleanupResult(namespace=ns, dry_run=dry_run, kept=plan.kept, deletions=deletions)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_configmaps_by_prefix(
     cluster: KubernetesCluster, prefix: str, namespace: str | None = None, *, keep: int = 3
 ) -> ConfigMapPlan:
@@ -217,7 +215,7 @@ async def list_configmaps_by_prefix(
         return await _configmaps_by_prefix(k, ns, prefix, keep)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def delete_configmaps_by_prefix(
     cluster: KubernetesCluster, prefix: str, namespace: str | None = None, *, keep: int = 3, dry_run: bool = False
 ) -> CleanupResult:

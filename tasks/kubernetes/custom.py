@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
-from runbooks.retry import retry_on_transient
+from kernel.errors import KubernetesError
+from kernel.retry import idempotent_task, read_task
 from tasks.kubernetes._api import Condition, kube, namespace_of, run_logger
 
 
@@ -69,7 +67,7 @@ def custom_resource(obj: dict[str, Any]) -> CustomResource:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def get_custom_resource(
     cluster: KubernetesCluster, resource: CustomResourceType, name: str, namespace: str | None = None
 ) -> CustomResource:
@@ -80,7 +78,7 @@ async def get_custom_resource(
     return custom_resource(obj)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def annotate_custom_resource(
     cluster: KubernetesCluster,
     resource: CustomResourceType,

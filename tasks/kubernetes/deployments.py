@@ -14,13 +14,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kubernetes_asyncio.client import V1Deployment, V1ReplicaSet
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
-from runbooks.retry import retry_on_transient
+from kernel.errors import KubernetesError
+from kernel.retry import idempotent_task, once_task, read_task
 from tasks.kubernetes._api import Condition, Kube, hpa_for, kube, namespace_of, now, run_logger, selector_string
 from tasks.kubernetes.inventory import pod_info
 from tasks.kubernetes.quantity import parse_quantity
@@ -313,7 +311,7 @@ def _container(dep: V1Deployment, container: str | None) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ read tasks
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def get_deployment(cluster: KubernetesCluster, name: str, namespace: str | None = None) -> DeploymentInfo:
     """``kubectl get deployment <name>``: replicas, current revision, images, conditions, last rollout time."""
     ns = namespace_of(cluster, namespace)
@@ -322,7 +320,7 @@ async def get_deployment(cluster: KubernetesCluster, name: str, namespace: str |
         return deployment_info(dep, await owned_replicasets(k, dep))
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def rollout_history(cluster: KubernetesCluster, name: str, namespace: str | None = None) -> RolloutHistory:
     """``kubectl rollout history deployment/<name>``: revision → ReplicaSet, images, change-cause, created."""
     ns = namespace_of(cluster, namespace)
@@ -339,7 +337,7 @@ async def _pod_problems(k: Kube, dep: V1Deployment) -> str:
     return "; ".join(lines[:5]) or "no pod is failing"
 
 
-@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task(retries=1, retry_delay_seconds=5)
 async def rollout_status(
     cluster: KubernetesCluster,
     name: str,
@@ -384,7 +382,7 @@ async def rollout_status(
 
 
 # ---------------------------------------------------------------------------------------------- change tasks
-@task(cache_policy=NO_CACHE)  # no retries: never retry a rollback blindly (a second undo goes back again)
+@once_task  # no retries: never retry a rollback blindly (a second undo goes back again)
 async def rollout_undo(
     cluster: KubernetesCluster, name: str, namespace: str | None = None, *, to_revision: int | None = None
 ) -> UndoResult:
@@ -437,7 +435,7 @@ async def rollout_undo(
     )
 
 
-@task(cache_policy=NO_CACHE)
+@once_task
 async def rollout_restart(cluster: KubernetesCluster, name: str, namespace: str | None = None) -> RestartResult:
     """``kubectl rollout restart deployment/<name>``: a new restartedAt annotation on the pod template."""
     ns = namespace_of(cluster, namespace)
@@ -449,7 +447,7 @@ async def rollout_restart(cluster: KubernetesCluster, name: str, namespace: str 
     return RestartResult(deployment=name, namespace=ns, restarted_at=stamp)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def scale_deployment(
     cluster: KubernetesCluster, name: str, replicas: int, namespace: str | None = None
 ) -> ScaleResult:
@@ -480,7 +478,7 @@ async def scale_deployment(
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def set_image(
     cluster: KubernetesCluster,
     name: str,
@@ -521,7 +519,7 @@ def _same_quantities(a: dict[str, str], b: dict[str, str]) -> bool:
     return a.keys() == b.keys() and all(parse_quantity(a[key]) == parse_quantity(b[key]) for key in a)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def set_resources(
     cluster: KubernetesCluster,
     name: str,

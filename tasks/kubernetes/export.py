@@ -13,12 +13,10 @@ from typing import Any, Literal
 
 import yaml
 from kubernetes_asyncio.client.exceptions import ApiException
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, SecretStr
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.retry import retry_on_transient
+from kernel.retry import read_task
 from tasks.kubernetes._api import Kube, kube, namespace_of
 from tasks.kubernetes.custom import CustomResourceType
 
@@ -98,13 +96,7 @@ def as_list_yaml(items: list[dict[str, Any]]) -> str:
 
 
 #: reads, retried on transient failures; never persisted by Prefect (an export may hold Secrets)
-exporting = task(
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=retry_on_transient,
-    cache_policy=NO_CACHE,
-    persist_result=False,
-)
+exporting = read_task(persist_result=False)
 
 
 async def _list(k: Kube, namespace: str, plural: str) -> list[dict[str, Any]]:

@@ -13,12 +13,10 @@ from kubernetes_asyncio.client import (
     V1Pod,
     V1Service,
 )
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.retry import retry_on_transient
+from kernel.retry import read_task
 from tasks.kubernetes._api import Condition, age_s, kube, namespace_of, params, pod_is_ready
 
 
@@ -78,7 +76,7 @@ def pod_info(pod: V1Pod) -> PodInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_pods(
     cluster: KubernetesCluster, namespace: str | None = None, label_selector: str | None = None
 ) -> list[PodInfo]:
@@ -132,7 +130,7 @@ def node_info(node: V1Node) -> NodeInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_nodes(cluster: KubernetesCluster, label_selector: str | None = None) -> list[NodeInfo]:
     """``kubectl get nodes -o wide`` with each node's conditions, capacity and allocatable."""
     async with kube(cluster, "listing nodes") as k:
@@ -167,7 +165,7 @@ def event_info(e: CoreV1Event) -> EventInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_events(
     cluster: KubernetesCluster,
     namespace: str | None = None,
@@ -217,7 +215,7 @@ def service_info(s: V1Service) -> ServiceInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_services(
     cluster: KubernetesCluster, namespace: str | None = None, label_selector: str | None = None
 ) -> list[ServiceInfo]:
@@ -282,7 +280,7 @@ def ingress_info(i: V1Ingress) -> IngressInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_ingresses(
     cluster: KubernetesCluster, namespace: str | None = None, label_selector: str | None = None
 ) -> list[IngressInfo]:
@@ -325,7 +323,7 @@ def hpa_info(h: V1HorizontalPodAutoscaler) -> HPAInfo:
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def list_hpas(cluster: KubernetesCluster, namespace: str | None = None) -> list[HPAInfo]:
     """``kubectl get hpa -n <ns>``."""
     ns = namespace_of(cluster, namespace)

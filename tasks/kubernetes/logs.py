@@ -7,13 +7,11 @@ import re
 from collections.abc import Iterable
 
 from kubernetes_asyncio.client import V1Pod
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
-from runbooks.retry import retry_on_transient
+from kernel.errors import KubernetesError
+from kernel.retry import read_task
 from tasks.kubernetes._api import Kube, deployment_pods, kube, namespace_of, pick_pod
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
@@ -89,7 +87,7 @@ async def _read(
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def pod_logs(
     cluster: KubernetesCluster,
     pod: str,
@@ -118,7 +116,7 @@ async def pod_logs(
         )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def deployment_logs(
     cluster: KubernetesCluster,
     deployment: str,

@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.retry import retry_on_transient
+from kernel.retry import read_task
 from tasks.kubernetes._api import kube, namespace_of, params
 from tasks.kubernetes.quantity import cpu_millicores, memory_bytes
 
@@ -88,7 +86,7 @@ def _sorted(items: list[Any], sort_by: SortBy | None) -> list[Any]:
     return sorted(items, key=lambda u: (-getattr(u, key), u.name))
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def top_pods(
     cluster: KubernetesCluster,
     namespace: str | None = None,
@@ -105,7 +103,7 @@ async def top_pods(
     return _sorted([pod_usage(item) for item in body.get("items") or []], sort_by)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@read_task
 async def top_nodes(cluster: KubernetesCluster, *, sort_by: SortBy | None = None) -> list[NodeUsage]:
     """``kubectl top nodes``: usage, and its share of each node's allocatable CPU and memory."""
     async with kube(cluster, f"reading node metrics {_WHY}") as k:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from kubernetes_asyncio.client import V1Namespace, V1ObjectMeta
 from kubernetes_asyncio.client.exceptions import ApiException
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.retry import retry_on_transient
+from kernel.retry import idempotent_task
 from tasks.kubernetes._api import kube, run_logger
 
 
@@ -21,7 +19,7 @@ class NamespaceResult(BaseModel):
     previous_labels: dict[str, str] = Field(default_factory=dict)
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def create_namespace(
     cluster: KubernetesCluster, name: str, labels: dict[str, str] | None = None
 ) -> NamespaceResult:
@@ -50,7 +48,7 @@ async def create_namespace(
     )
 
 
-@task(retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+@idempotent_task
 async def label_namespace(cluster: KubernetesCluster, name: str, labels: dict[str, str | None]) -> NamespaceResult:
     """``kubectl label namespace <name> k=v --overwrite``; a ``None`` value removes the label (``k-``)."""
     async with kube(cluster, f"labelling namespace {name}") as k:

@@ -12,12 +12,11 @@ from typing import Any, cast
 
 import aiohttp
 from kubernetes_asyncio.client import V1Pod
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
+from kernel.errors import KubernetesError
+from kernel.retry import once_task
 from tasks.kubernetes._api import deployment_pods, kube, namespace_of, pick_pod, run_logger
 from tasks.kubernetes.logs import default_container
 
@@ -102,7 +101,7 @@ async def _exec(
     )
 
 
-@task(cache_policy=NO_CACHE)
+@once_task
 async def exec_in_pod(
     cluster: KubernetesCluster,
     pod: str,
@@ -119,7 +118,7 @@ async def exec_in_pod(
     return await _exec(cluster, found, command, container, timeout_s)
 
 
-@task(cache_policy=NO_CACHE)
+@once_task
 async def exec_in_deployment(
     cluster: KubernetesCluster,
     deployment: str,

@@ -9,7 +9,7 @@ from blocks.environment import RunbookEnvironment, load_environment
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
-from runbooks.errors import ConfigurationError
+from kernel.errors import ConfigurationError
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
 

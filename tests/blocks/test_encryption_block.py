@@ -9,7 +9,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from blocks.encryption import BackupEncryptionKey
 from blocks.environment import RunbookEnvironment
-from sandbox.blocks import BLOCK_TYPES
+from blocks.registry import BLOCK_TYPES
 
 
 class TestBackupEncryptionKeyAdheresToStandards(BlockStandardTestSuite):

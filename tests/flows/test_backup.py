@@ -24,8 +24,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from blocks.environment import RunbookEnvironment
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
+from blocks.registry import save_environment
 from flows.backup import RetentionSettings, backup_retention, daily_backup, schema_backup
-from sandbox.blocks import sandbox_environment, save_environment
+from sandbox.blocks import sandbox_environment
 from sandbox.manager import Sandbox
 from tasks.backup.crypto import EncryptedEnvelope
 from tasks.backup.kubernetes import encrypted_objects, read_encrypted, read_log_records

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from blocks.environment import RunbookEnvironment
 from blocks.postgres import PostgresDatabase
-from sandbox.blocks import save_environment
+from blocks.registry import save_environment
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
 

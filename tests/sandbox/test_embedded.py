@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from runbooks import processes
+from kernel import processes
 from sandbox.components import PostgresComponent, RedisComponent, port_open
 from sandbox.config import SandboxState
 from tests.conftest import free_port, make_settings

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runbooks import processes
+from kernel import processes
 from sandbox.components import port_open
 from sandbox.manager import COMPONENTS
 from tests.conftest import drop_database, free_port, make_settings

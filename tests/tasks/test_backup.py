@@ -27,8 +27,8 @@ from prefect_aws.s3 import S3Bucket
 
 from blocks.environment import RunbookEnvironment
 from blocks.redis import RedisDatabase
-from runbooks import processes
-from runbooks.errors import StorageError
+from kernel import processes
+from kernel.errors import StorageError
 from sandbox.manager import Sandbox
 from tasks.backup.manifest import BackupCancelledError, CorruptObjectError
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
@@ -206,7 +206,7 @@ def exists(bucket: S3Bucket, key: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# runbooks.processes.stream
+# kernel.processes.stream
 
 SPAWNS_A_CHILD = "import subprocess, sys, time; subprocess.Popen(['sleep', '301']); sys.stdout.write('x' * 10); sys.stdout.flush(); time.sleep(300)"  # noqa: E501
 

@@ -17,7 +17,7 @@ from pydantic import SecretStr, ValidationError
 
 from blocks.encryption import BackupEncryptionKey, new_key
 from blocks.environment import RunbookEnvironment
-from runbooks.errors import ConfigurationError
+from kernel.errors import ConfigurationError
 from sandbox.config import SandboxState
 from tasks.backup.crypto import DataKey, DecryptionError, EncryptedEnvelope, decrypt_secrets, encrypt_secrets
 from tasks.backup.kubernetes import (

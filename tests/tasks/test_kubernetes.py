@@ -30,7 +30,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import KubernetesError
+from kernel.errors import KubernetesError
 from sandbox.manager import Sandbox
 from tasks.kubernetes import (
     CERTIFICATE,

@@ -27,8 +27,8 @@ from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCr
 from pydantic import SecretStr
 
 from blocks.kubernetes import KubernetesCluster
-from runbooks.errors import ConfigurationError, KubernetesError
-from runbooks.retry import is_transient
+from kernel.errors import ConfigurationError, KubernetesError
+from kernel.retry import is_transient
 from tasks.kubernetes._api import api_error, kube, pick_pod, selector_string
 from tasks.kubernetes.autoscaling import FLOOR_ANNOTATION, HpaFloor
 from tasks.kubernetes.cleanup import choose_old_by_prefix, choose_old_replicasets

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect.states import Failed
 
-from runbooks.errors import ConfigurationError, NotificationError, PlatformAPIError, PlatformAuthError
-from runbooks.retry import is_transient, retry_on_transient
+from kernel.errors import ConfigurationError, NotificationError, PlatformAPIError, PlatformAuthError
+from kernel.retry import is_transient, retry_on_transient
 from tasks.platform import parse_prometheus, summarize_metrics
 
 EXPOSITION = """\

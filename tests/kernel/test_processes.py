@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runbooks import processes
+from kernel import processes
 
 SPAWNS_A_CHILD = "import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)"
 

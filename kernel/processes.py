@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
-from runbooks.errors import RunbookError
+from kernel.errors import RunbookError
 
 
 class ProcessError(RunbookError):
