@@ -14,6 +14,11 @@ WANT=(kube-apiserver kube-controller-manager kube-scheduler)
 
 complete() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
 
+# one build at a time per machine: two concurrent builds (two clones' ./dev test) removed each other's source tree
+mkdir -p "$(dirname "$CACHE")"
+exec 9>"$CACHE.lock"
+flock 9
+
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubectl)
