@@ -41,20 +41,38 @@ def work_pool_names() -> list[str]:
     return sorted({str(pool["name"]) for pool in pools.values()})
 
 
+def work_pool_types() -> dict[str, str]:
+    """Pool name -> worker type: ``definitions.work_pool_types`` of prefect.yaml, ``process`` by default."""
+    types = (load_spec().get("definitions") or {}).get("work_pool_types") or {}
+    return {name: str(types.get(name, "process")) for name in work_pool_names()}
+
+
 async def ensure_work_pools() -> list[str]:
-    """Create the process work pools prefect.yaml refers to (existing ones are left as they are)."""
+    """Create the work pools prefect.yaml refers to, each of its worker type.
+
+    A pool of another type (left by an older sandbox) is replaced: a worker only takes runs from a pool of its
+    own type. The deployments that point at it are applied again right after (:func:`deploy_all`).
+    """
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
 
-    names = work_pool_names()
+    # every pool type of ours runs ProcessWorker's job configuration (runbooks-inprocess subclasses it)
+    template = ProcessWorker.get_default_base_job_template()
+    types = work_pool_types()
     async with get_client() as client:
-        for name in names:
+        for name, pool_type in types.items():
             try:
-                await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-            except ObjectAlreadyExists:
-                pass
-    return names
+                existing = await client.read_work_pool(name)
+            except ObjectNotFound:
+                existing = None
+            if existing is not None and existing.type == pool_type:
+                continue
+            if existing is not None:
+                await client.delete_work_pool(name)
+            await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
+    return sorted(types)
 
 
 def deploy_all(env: Mapping[str, str]) -> None:

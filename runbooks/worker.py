@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,15 +35,19 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
 IDENTIFIER_PREFIX = "in-process:"
-
-
-# A subclass registers under its parent's type ("process") and Prefect warns that it overrides ProcessWorker.
-# That is what this process wants: it serves a process-type pool, and starts no other kind of worker.
-warnings.filterwarnings("ignore", message=r"Type 'InProcessWorker' .* has key 'process'", category=UserWarning)
+#: the worker type (and work pool type) of its own; Prefect's ``process`` type stays Prefect's
+WORKER_TYPE = "runbooks-inprocess"
 
 
 class InProcessWorker(ProcessWorker):
-    """A ``process``-type worker whose flow runs are asyncio tasks of its own process (see the module docstring)."""
+    """A worker whose flow runs are asyncio tasks of its own process (see the module docstring).
+
+    It reuses the process worker's job configuration, so a pool of this type has the process pool's template.
+    """
+
+    type = WORKER_TYPE
+    _description = "Runs each flow run as an asyncio task of the worker's own process (runbooks/worker.py)."
+    _display_name = "Runbooks in-process"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -12,14 +12,14 @@ from prefect import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import InfrastructureNotFound
 
-from runbooks.worker import IDENTIFIER_PREFIX, InProcessWorker
+from runbooks.worker import IDENTIFIER_PREFIX, WORKER_TYPE, InProcessWorker
 from tests.runbooks.worker_flows import record_pid
 
 
 async def test_flow_run_executes_in_the_worker_process(tmp_path: Path) -> None:
     pool = f"test-in-process-{uuid.uuid4().hex[:6]}"
     async with get_client() as client:
-        await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        await client.create_work_pool(WorkPoolCreate(name=pool, type=WORKER_TYPE))
         deployment = await record_pid.to_deployment(name=pool, work_pool_name=pool)
         deployment_id = await deployment.apply()
         out = tmp_path / "pid.txt"
@@ -42,3 +42,12 @@ async def test_unknown_run_is_not_killed() -> None:
     worker = InProcessWorker(work_pool_name="unused")
     with pytest.raises(InfrastructureNotFound):
         await worker.kill_infrastructure(f"{IDENTIFIER_PREFIX}1:nothing", configuration=None)  # type: ignore[arg-type]
+
+
+def test_registers_its_own_type_and_leaves_process_alone() -> None:
+    from prefect.utilities.dispatch import lookup_type
+    from prefect.workers.base import BaseWorker
+    from prefect.workers.process import ProcessWorker
+
+    assert lookup_type(BaseWorker, "process") is ProcessWorker
+    assert lookup_type(BaseWorker, WORKER_TYPE) is InProcessWorker
