@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kernel.errors import ConfigurationError, RunbookError
+from kernel.redact import redact
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(redact(message), file=sys.stderr, flush=True)
 
 
 def _prefect_api_url() -> str:
@@ -76,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     results = _with_prefect(lambda: asyncio.run(check_environment(args.environment)))
     for r in results:
-        print(f"{'ok  ' if r.ok else 'FAIL'} {r.block}: {r.detail}")
+        print(redact(f"{'ok  ' if r.ok else 'FAIL'} {r.block}: {r.detail}"))
     return 0 if all(r.ok for r in results) else 2
 
 

@@ -109,6 +109,9 @@ async def serve(pool: str, *, name: str | None = None, preload: list[str] | None
     """Poll ``pool`` every ``query_s`` seconds and run its flow runs in this process until cancelled."""
     from prefect.settings import PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 
+    from kernel.redact import install_log_redaction
+
+    install_log_redaction()  # the worker's own records too, not only those of the flows it runs
     with temporary_settings(updates={PREFECT_WORKER_QUERY_SECONDS: query_s}):
         worker = InProcessWorker(work_pool_name=pool, name=name, prefetch_seconds=5, heartbeat_interval_seconds=15)
         await worker.preload(preload or [])
