@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.triage_policy import load_policy
+from tasks.triage.policy import load_policy
 
 BASE = {
     "health_ok": True,
