@@ -46,6 +46,15 @@ class RunbookEnvironment(RunbookBlock):
     pagerduty: PagerDutyNotifier | None = None
     opsgenie: OpsgenieNotifier | None = None
     backup_encryption: BackupEncryptionKey | None = None
+    api_deployment: str = Field(
+        default="ai-multimodel-api",
+        description="The platform API's Kubernetes Deployment (also its pods' `app` label): what triage diagnoses, "
+        "rolls back, restarts and scales out.",
+    )
+    frontend_deployment: str = Field(
+        default="ai-multimodel-frontend",
+        description="The platform frontend's Kubernetes Deployment (also its pods' `app` label).",
+    )
 
     @property
     def dry_run_by_default(self) -> bool:

@@ -2,26 +2,29 @@
 checklist, weekly maintenance step 1, post-recovery verification), as one flow.
 
 Every check runs concurrently; a failing check is reported, not hidden, and makes the run Failed after the
-report artifact, the event and (optionally) the Slack message have gone out.
+report artifact, the event and (optionally) the Slack message have gone out. The error-rate and latency limits are
+the triage policy's (``tasks/triage/policy.yaml``, read at each run): the health check passes exactly when a triage
+would call the platform's figures resolved.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
-from prefect.events import emit_event
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from blocks.environment import load_environment
+from kernel.redact import redact_errors
 from tasks.notify import post_slack_webhook
 from tasks.platform import check_health, check_model_health, fetch_metrics, get_status_page, list_models
 from tasks.postgres import check_postgres
 from tasks.redis import check_redis
+from tasks.reporting import describe_error, emit, publish_markdown
 from tasks.storage import check_bucket
+from tasks.triage.policy import load_policy
 
 
 class Check(BaseModel):
@@ -56,33 +59,32 @@ async def _run(name: str, coro: Any, judge: Any) -> list[Check]:
     try:
         result = await coro
     except Exception as err:  # noqa: BLE001 - reported as a failing check and fails the run
-        return [Check(name=name, ok=False, detail=f"{type(err).__name__}: {err}")]
+        return [Check(name=name, ok=False, detail=describe_error(err))]
     judged = judge(result)
     return judged if isinstance(judged, list) else [judged]
 
 
 @flow(name="system-health-check", log_prints=False)
-async def system_health_check(
-    environment: str = "sandbox",
-    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05,
-    max_response_time_p95_s: Annotated[float, Field(gt=0)] = 2.0,
-    notify_on_failure: bool = True,
-) -> State:
+@redact_errors
+async def system_health_check(environment: str = "sandbox", notify_on_failure: bool = True) -> State:
     """Check the platform's health endpoints, metrics, models, status page, PostgreSQL, Redis and the backup
     bucket of ``environment``; publish a report artifact (key ``health-<environment>``) and an event."""
     logger = get_run_logger()
     env = await load_environment(environment)
     platform = env.platform
+    limits = load_policy().thresholds  # the same numbers the triage calls an incident resolved with
 
     def metrics_checks(m: Any) -> list[Check]:
-        rate_ok = m.error_rate is None or m.error_rate <= max_error_rate
-        p95_ok = m.response_time_p95_s is None or m.response_time_p95_s <= max_response_time_p95_s
         return [
-            Check(name="error rate", ok=rate_ok, detail=f"{m.error_rate} (max {max_error_rate})"),
+            Check(
+                name="error rate",
+                ok=limits.error_rate_ok(m.error_rate),
+                detail=f"{m.error_rate} (max {limits.error_rate})",
+            ),
             Check(
                 name="response time p95",
-                ok=p95_ok,
-                detail=f"{m.response_time_p95_s}s (max {max_response_time_p95_s}s)",
+                ok=limits.response_time_ok(m.response_time_p95_s),
+                detail=f"{m.response_time_p95_s}s (max {limits.response_time_p95_s}s)",
             ),
         ]
 
@@ -145,18 +147,11 @@ async def system_health_check(
     )
     checks = [check for group in results for check in group]
     report = HealthReport(environment=environment, healthy=all(c.ok for c in checks), checks=checks)
-    await acreate_markdown_artifact(
-        key=f"health-{environment}",
-        markdown=report.to_markdown(),
-        description=f"System health of {environment}",
-    )
-    emit_event(
-        event="runbooks.health.checked" if report.healthy else "runbooks.health.failed",
-        resource={
-            "prefect.resource.id": f"runbooks.environment.{environment}",
-            "prefect.resource.name": environment,
-        },
-        payload={"healthy": report.healthy, "failing": [c.name for c in report.failing]},
+    await publish_markdown(f"health-{environment}", report.to_markdown(), f"System health of {environment}")
+    emit(
+        "runbooks.health.checked" if report.healthy else "runbooks.health.failed",
+        {"prefect.resource.id": f"runbooks.environment.{environment}", "prefect.resource.name": environment},
+        {"healthy": report.healthy, "failing": [c.name for c in report.failing]},
     )
     for c in checks:
         (logger.info if c.ok else logger.warning)("%s %s: %s", "OK  " if c.ok else "FAIL", c.name, c.detail)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
 from blocks.platform import PlatformAPI
+from kernel.errors import PlatformAPIError
 from kernel.retry import idempotent_task, read_task
 from tasks._http import platform_request
-
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 class MetricSample(BaseModel):
@@ -23,21 +21,18 @@ class MetricSample(BaseModel):
 
 
 def parse_prometheus(text: str) -> list[MetricSample]:
-    """Parse the Prometheus text exposition format (comments and blank lines skipped)."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match:
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(match["labels"] or ""))
-        samples.append(MetricSample(name=match["name"], labels=labels, value=value))
-    return samples
+    """Parse the Prometheus text exposition format with Prometheus' own parser (escapes, ``}`` or ``,`` inside
+    label values, timestamps); a body it cannot parse is a :class:`PlatformAPIError`."""
+    try:
+        return [
+            MetricSample(name=s.name, labels=dict(s.labels), value=s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+    except ValueError as err:
+        raise PlatformAPIError(
+            f"/metrics is not in the Prometheus text format: {err}", hint="check the platform's metrics endpoint"
+        ) from err
 
 
 class EndpointHealth(BaseModel):

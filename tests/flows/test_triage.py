@@ -19,14 +19,14 @@ from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFi
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import aresume_flow_run
 
-import flows.triage
 from blocks.environment import load_environment
 from blocks.kubernetes import KubernetesCluster
 from flows.triage import incident_resolved, incident_triage
-from flows.triage_policy import load_policy
 from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
 from tasks.platform import fetch_metrics
+from tasks.triage import mitigations
+from tasks.triage.policy import load_policy
 from tests.conftest import TEST_ENVIRONMENT
 
 API = "ai-multimodel-api"
@@ -204,7 +204,7 @@ async def test_p2_mitigation_waits_for_approval(
     approve: bool,
 ) -> None:
     """Slow responses (p95 between 1.5 s and 3 s) are P2: scale out, but only once a human approves."""
-    monkeypatch.setattr(flows.triage, "APPROVAL_POLL_INTERVAL_S", 1)
+    monkeypatch.setattr(mitigations, "APPROVAL_POLL_INTERVAL_S", 1)
     url, headers = platform_admin
     baseline = await fetch_metrics.fn((await load_environment(TEST_ENVIRONMENT)).platform)
     assert baseline.response_time_p95_s is not None and baseline.response_time_p95_s < 1.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prefect.states import Failed
 
 from kernel.errors import ConfigurationError, NotificationError, PlatformAPIError, PlatformAuthError
@@ -28,6 +29,28 @@ def test_parse_and_summarize_metrics() -> None:
     assert m.requests_total == 1000 and m.requests_by_status == {"2xx": 900, "5xx": 100}
     assert m.error_rate == 0.1 and m.response_time_p95_s == 1.5 and m.memory_bytes == 1.5e9
     assert m.models_up == {"gpt-4": False, "qwen": True}
+
+
+def test_label_values_may_hold_braces_commas_and_escaped_quotes() -> None:
+    """The hand-written regex this replaced stopped at the first ``}``, even inside a quoted label value."""
+    text = (
+        "# TYPE http_requests_total counter\n"
+        'http_requests_total{path="/api/v1/models/{model}/health",status="5xx"} 7\n'
+        'http_requests_total{path="/a,b",status="2xx",note="say \\"hi\\""} 93\n'
+        "error_rate 0.07\n"
+    )
+    samples = parse_prometheus(text)
+    assert [s.labels for s in samples[:2]] == [
+        {"path": "/api/v1/models/{model}/health", "status": "5xx"},
+        {"path": "/a,b", "status": "2xx", "note": 'say "hi"'},
+    ]
+    m = summarize_metrics(samples)
+    assert m.requests_by_status == {"5xx": 7, "2xx": 93} and m.error_rate == 0.07
+
+
+def test_a_body_that_is_not_prometheus_text_is_a_platform_error() -> None:
+    with pytest.raises(PlatformAPIError, match="Prometheus text format"):
+        parse_prometheus("<html>502 Bad Gateway</html>\n")
 
 
 def test_retry_policy() -> None:

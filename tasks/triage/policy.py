@@ -1,9 +1,12 @@
-"""The triage policy (flows/triage_policy.yaml): severity from facts, escalation, mitigation rules."""
+"""The triage policy (``tasks/triage/policy.yaml``): thresholds, severity from facts, escalation, mitigation rules.
+
+The one source of the platform's thresholds: the incident triage and the system-health-check both read them here.
+Read at each run (:func:`load_policy`), never cached for the process: an edited policy applies to the next run.
+"""
 
 from __future__ import annotations
 
 import operator
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,7 +15,7 @@ from pydantic import BaseModel, Field
 
 Severity = Literal["P0", "P1", "P2", "P3"]
 Action = Literal["rollback", "restart", "scale_out", "open_circuit_breaker"]
-POLICY_PATH = Path(__file__).with_name("triage_policy.yaml")
+POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
 _OPS: dict[str, Any] = {
     "==": operator.eq,
@@ -38,6 +41,23 @@ class Condition(BaseModel):
             return bool(_OPS[self.op](value, self.value))
         except TypeError:
             return False
+
+
+class Thresholds(BaseModel):
+    """Figures over which the platform is not healthy (``error_rate``, ``response_time_p95_s``) or severely
+    degraded (``severe_*``). A figure that is missing (not exposed) is not held against the platform."""
+
+    error_rate: float = Field(ge=0, le=1)
+    response_time_p95_s: float = Field(gt=0)
+    severe_error_rate: float = Field(ge=0, le=1)
+    severe_response_time_p95_s: float = Field(gt=0)
+    redis_ping_ms: float = Field(gt=0)
+
+    def error_rate_ok(self, value: float | None) -> bool:
+        return value is None or value <= self.error_rate
+
+    def response_time_ok(self, value: float | None) -> bool:
+        return value is None or value <= self.response_time_p95_s
 
 
 class SeverityRule(BaseModel):
@@ -78,6 +98,7 @@ class AlertBranch(BaseModel):
 
 
 class TriagePolicy(BaseModel):
+    thresholds: Thresholds
     severity_rules: list[SeverityRule]
     escalation: dict[Severity, Escalation]
     mitigation: Mitigation
@@ -95,6 +116,6 @@ class TriagePolicy(BaseModel):
         return self.alerts.get(alert_name) or self.alerts["default"]
 
 
-@cache
 def load_policy(path: Path = POLICY_PATH) -> TriagePolicy:
+    """The policy as the file says now (read at each run: no process-wide cache)."""
     return TriagePolicy.model_validate(yaml.safe_load(path.read_text()))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from flows.triage_policy import load_policy
+from tasks.triage.policy import POLICY_PATH, load_policy
 
 BASE = {
     "health_ok": True,
@@ -53,3 +55,33 @@ def test_escalation_matrix_and_mitigation_policy() -> None:
     assert not policy.mitigation.for_severity("P3").allowed
     assert policy.branch("HighResponseTime").mitigations == ["scale_out"]
     assert policy.branch("Unknown").mitigations == policy.alerts["default"].mitigations
+
+
+def test_thresholds_are_the_severity_rules_numbers() -> None:
+    """One source: the severity rules' error-rate and latency limits are the thresholds section's (YAML anchors)."""
+    policy = load_policy()
+    limits = policy.thresholds
+    by_severity = {
+        rule.severity: {c.fact: c.value for c in rule.any if c.op == ">" and isinstance(c.value, float)}
+        for rule in policy.severity_rules
+    }
+    assert by_severity["P1"] == {
+        "error_rate": limits.severe_error_rate,
+        "response_time_p95_s": limits.severe_response_time_p95_s,
+    }
+    assert by_severity["P2"] == {"error_rate": limits.error_rate, "response_time_p95_s": limits.response_time_p95_s}
+    # healthy (the health check passes, a triage calls it resolved) exactly up to the limit; a missing figure is ok
+    assert limits.error_rate_ok(limits.error_rate) and not limits.error_rate_ok(limits.error_rate + 1e-9)
+    assert limits.response_time_ok(limits.response_time_p95_s)
+    assert not limits.response_time_ok(limits.response_time_p95_s + 1e-9)
+    assert limits.error_rate_ok(None) and limits.response_time_ok(None)
+
+
+def test_the_policy_is_read_at_each_run(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY_PATH.read_text())
+    assert load_policy(path).thresholds.error_rate == load_policy().thresholds.error_rate
+    path.write_text(POLICY_PATH.read_text().replace("error_rate: &error_rate 0.01", "error_rate: &error_rate 0.02"))
+    edited = load_policy(path)
+    assert edited.thresholds.error_rate == 0.02
+    assert edited.severity({"error_rate": 0.015}) == ("P3", ["no rule matched"])  # the P2 rule follows the anchor

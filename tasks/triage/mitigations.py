@@ -1,0 +1,184 @@
+"""Plan, decide and apply mitigations: the seed's alert responses, with preconditions, approval and a record.
+
+Which actions an alert may take, in which order, and which severities need a human's approval come from the
+policy (:mod:`tasks.triage.policy`); the preconditions (a recent rollout, a crash loop, a model down) are here.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.flow_runs import apause_flow_run
+from prefect.input import RunInput
+from pydantic import BaseModel, Field
+
+from blocks.environment import load_environment
+from tasks import kubernetes as k8s
+from tasks.platform import open_circuit_breaker, set_model_fallback
+from tasks.reporting import describe_error
+from tasks.triage.policy import Action, MitigationRule, TriagePolicy
+
+#: how often a paused run checks for the approver's answer
+APPROVAL_POLL_INTERVAL_S = 5
+
+
+class PlannedAction(BaseModel):
+    action: Action
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def key(self, incident_id: str) -> str:
+        """The idempotency key: one incident does one action on one target once."""
+        return f"{incident_id}:{self.action}:{self.target}"
+
+
+class MitigationRecord(BaseModel):
+    action: Action
+    target: str
+    key: str
+    outcome: str  # applied | dry-run | skipped | rejected | failed
+    detail: str = ""
+    by: str = "incident-triage"
+
+
+class Approval(RunInput):
+    approve: bool = Field(description="Apply this mitigation?")
+    approver: str = Field(default="", description="Who decides (for the record).")
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------- plan
+def plan_actions(
+    policy: TriagePolicy, alert_name: str, facts: dict[str, Any], api_deployment: str, incident_id: str = ""
+) -> list[PlannedAction]:
+    """Which actions the facts justify, in the alert branch's order of preference (preconditions here)."""
+    m = policy.mitigation
+    limits = policy.thresholds
+    planned: list[PlannedAction] = []
+    broken_release = (
+        bool(facts.get("crashlooping_pods")) or bool(facts.get("error_log_lines")) or facts.get("health_ok") is False
+    )
+    slow_or_failing = (facts.get("response_time_p95_s") or 0) > limits.response_time_p95_s or (
+        facts.get("error_rate") or 0
+    ) > limits.severe_error_rate
+    for action in policy.branch(alert_name).mitigations:
+        has_previous = (facts.get("api_revision") or 0) > 1
+        if action == "rollback" and facts.get("recent_rollout") and broken_release and has_previous:
+            planned.append(PlannedAction(action="rollback", target=api_deployment, params={"timeout_s": 300}))
+            break  # a rollback changes everything else: decide again after it
+        if action == "restart" and facts.get("health_ok") is False and not facts.get("recent_rollout"):
+            planned.append(PlannedAction(action="restart", target=api_deployment))
+        if (
+            action == "scale_out"
+            and not facts.get("crashlooping_pods")
+            and (facts.get("api_replicas") or 0) < m.scale_out_replicas
+            and slow_or_failing
+        ):
+            planned.append(
+                PlannedAction(
+                    action="scale_out",
+                    target=api_deployment,
+                    params={"replicas": m.scale_out_replicas, "incident": incident_id},
+                )
+            )
+        if action == "open_circuit_breaker":
+            for model in facts.get("down_models") or []:
+                planned.append(
+                    PlannedAction(
+                        action="open_circuit_breaker",
+                        target=model,
+                        params={"duration_s": m.circuit_breaker_duration_s, "fallback_model": m.fallback_model},
+                    )
+                )
+    return planned
+
+
+# -------------------------------------------------------------------------------------------------- decide
+async def decide(
+    planned: PlannedAction,
+    incident_id: str,
+    rule: MitigationRule,
+    *,
+    dry_run: bool,
+    auto_approve: bool,
+    approval_timeout_s: int,
+    what: str,
+) -> MitigationRecord:
+    """The record before anything is applied: ``dry-run`` (to apply unless ``dry_run``) or ``rejected``.
+
+    Where the severity's rule asks for approval, the run pauses for a typed answer in the UI; no answer before
+    ``approval_timeout_s`` fails the pause (default deny).
+    """
+    record = MitigationRecord(
+        action=planned.action, target=planned.target, key=planned.key(incident_id), outcome="dry-run"
+    )
+    if dry_run or not rule.approval or auto_approve:
+        return record
+    get_run_logger().warning(
+        "%s on %s needs approval: resume the run in the UI to decide", planned.action, planned.target
+    )
+    decision = await apause_flow_run(
+        wait_for_input=Approval.with_initial_data(
+            description=f"{what}: apply **{planned.action}** on `{planned.target}`?", approve=False
+        ),
+        timeout=approval_timeout_s,
+        poll_interval=APPROVAL_POLL_INTERVAL_S,
+    )
+    record.by = decision.approver or "approver"
+    if not decision.approve:
+        record.outcome, record.detail = "rejected", decision.note
+    return record
+
+
+# --------------------------------------------------------------------------------------------------- apply
+async def carry_out(
+    environment: str, planned: PlannedAction, record: MitigationRecord, *, dry_run: bool
+) -> MitigationRecord:
+    """Apply a decided action (or describe it in a dry run); a failure is recorded, never raised here."""
+    if record.outcome != "dry-run":
+        return record
+    if dry_run:
+        record.detail = f"would {planned.action} {planned.target} with {planned.params}"
+        return record
+    try:
+        record.detail = await apply_action(environment, planned.action, planned.target, record.key, planned.params)
+        record.outcome = "applied"
+    except Exception as err:  # noqa: BLE001 - recorded, told, and the run fails at the end
+        record.outcome, record.detail = "failed", describe_error(err)
+    return record
+
+
+def _key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    return str(parameters["key"])
+
+
+@task(cache_key_fn=_key_fn, cache_expiration=timedelta(hours=12), persist_result=True)
+async def apply_action(env_name: str, action: Action, target: str, key: str, params: dict[str, Any]) -> str:
+    """Apply one mitigation; cached under its idempotency key so a re-run of the same incident does not redo it.
+    Not retried: a rollback or a restart is never retried blindly."""
+    env = await load_environment(env_name)
+    if action == "rollback":
+        cluster = env.require_kubernetes()
+        undo = await k8s.rollout_undo(cluster, target)
+        status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))
+        return f"{undo.message}; {status.message}"
+    if action == "restart":
+        restart = await k8s.rollout_restart(env.require_kubernetes(), target)
+        return f"restarted at {restart.model_dump().get('restarted_at', '')}".strip()
+    if action == "scale_out":
+        # raises the HPA's floor too, else the HPA scales it back; released when the incident resolves
+        out = await k8s.scale_out_deployment(env.require_kubernetes(), target, params["replicas"], params["incident"])
+        held = (
+            f"; HPA {out.hpa} floor {out.original_min_replicas} -> {out.hpa_min_replicas} until resolved"
+            if out.hpa
+            else ""
+        )
+        return f"replicas {out.previous_replicas} -> {out.replicas}{held}"
+    breaker = await open_circuit_breaker(env.platform, target, params["duration_s"])
+    fallback = await set_model_fallback(env.platform, target, params["fallback_model"], params["duration_s"])
+    return (
+        f"circuit breaker open for {params['duration_s']}s, fallback {fallback.response.get('fallback_model', '')}"
+        + (f" ({breaker.response.get('state', '')})" if breaker.response else "")
+    )
