@@ -1,17 +1,12 @@
-"""The backup building blocks: the streaming child process, the multipart upload and its failures (through a
-TCP proxy that breaks like a network or a dying server does), zstd + SHA-256 round trip and corruption, the
-Redis RDB over SYNC, and the retention rules."""
+"""The backup building blocks: the stream through zstd + SHA-256 into S3 (memory, round trip, corruption,
+cancellation) and the retention rules. The multipart upload is in test_storage.py, the child process in
+tests/kernel/test_processes.py, the Redis RDB in test_redis.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import math
 import os
-import subprocess
-import sys
-import threading
 import time
 import tracemalloc
 import uuid
@@ -19,16 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 
 from blocks.environment import RunbookEnvironment
-from blocks.redis import RedisDatabase
-from kernel import processes
 from sandbox.manager import Sandbox
 from tasks.backup.manifest import BackupCancelledError, CorruptObjectError
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
 from tasks.backup.retention import RetentionPolicy, StoredBackup, clean_local_staging, plan_retention
-from tasks.redis import BgsaveTimeoutError, bgsave, fetch_rdb, rdb_keyspace, rdb_server
 from tasks.storage import PART_SIZE, delete_stored, get_bytes, object_key
 from tests.conftest import TEST_ENVIRONMENT
 from tests.tasks.test_storage import exists, random_chunks
@@ -43,48 +34,6 @@ MiB = 2**20
 @pytest.fixture(scope="module")
 def env(sandbox: Sandbox) -> RunbookEnvironment:
     return RunbookEnvironment.load(TEST_ENVIRONMENT)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# kernel.processes.stream
-
-SPAWNS_A_CHILD = "import subprocess, sys, time; subprocess.Popen(['sleep', '301']); sys.stdout.write('x' * 10); sys.stdout.flush(); time.sleep(300)"  # noqa: E501
-
-
-def _no_sleeper() -> bool:
-    found = subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True, text=True, check=False)
-    return found.stdout.strip() == ""
-
-
-def test_stream_yields_stdout_and_reports_failure_with_stderr() -> None:
-    code = "import sys; sys.stdout.buffer.write(b'a' * 300000); sys.stderr.write('boom: disk full\\n'); sys.exit(3)"
-    received = bytearray()
-    with pytest.raises(processes.ProcessError, match="exited 3: boom: disk full"):
-        for chunk in processes.stream([sys.executable, "-c", code], timeout_s=30, chunk_size=65536):
-            assert len(chunk) <= 65536
-            received += chunk
-    assert bytes(received) == b"a" * 300000
-
-
-def test_stream_timeout_and_early_close_kill_the_group() -> None:
-    with pytest.raises(processes.ProcessError, match="timed out"):
-        for _ in processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=1.5):
-            pass
-    assert _no_sleeper()
-    with contextlib.closing(processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=60)) as chunks:
-        assert next(chunks) == b"x" * 10
-    assert _no_sleeper()
-
-
-def test_stream_should_stop_kills_a_silent_command() -> None:
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
-    started = time.monotonic()
-    with pytest.raises(processes.ProcessError, match="no longer wanted"):
-        for _ in processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=60, should_stop=stop.is_set):
-            pass
-    assert time.monotonic() - started < 5
-    assert _no_sleeper()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,69 +90,6 @@ def test_cancel_stops_a_part(env: RunbookEnvironment) -> None:
     with pytest.raises(BackupCancelledError):
         compress_and_upload(target, key, random_chunks(MiB), part="redis", format="redis-rdb")
     assert not exists(env.backups, key)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Redis RDB over the replication protocol
-
-
-def test_fetch_rdb_matches_redis_cli_and_loads(env: RunbookEnvironment, tmp_path: Path) -> None:
-    ours = tmp_path / "ours" / "dump.rdb"
-    ours.parent.mkdir()
-    with open(ours, "wb") as out:
-        for chunk in fetch_rdb(env.redis):
-            out.write(chunk)
-    assert ours.read_bytes()[:5] == b"REDIS"
-    client = redis.Redis.from_url(env.redis.url.get_secret_value())
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    sessions = {k for k in client.scan_iter(match="session:*", count=1000)}
-    assert sessions
-    counts = rdb_keyspace(ours)
-    assert counts.get(db, 0) >= len(sessions)
-    # the legacy SYNC path (no REPLCONF rdb-only) gives a loadable RDB too
-    legacy = tmp_path / "legacy" / "dump.rdb"
-    legacy.parent.mkdir()
-    legacy.write_bytes(b"".join(fetch_rdb(env.redis, rdb_only=False)))
-    assert rdb_keyspace(legacy).get(db, 0) >= len(sessions)
-
-
-def test_fetch_rdb_diskless_and_bgsave_timeout(tmp_path: Path) -> None:
-    """On a throwaway server: the diskless ($EOF:<mark>) transfer, and a BGSAVE too slow for its timeout."""
-    with rdb_server(tmp_path / "none.rdb") as url:
-        client = redis.Redis.from_url(url)
-        client.mset({f"key:{i}": "x" * 100 for i in range(300)})
-        client.config_set("repl-diskless-sync", "yes")
-        client.config_set("repl-diskless-sync-delay", "0")
-        rdb = tmp_path / "diskless" / "dump.rdb"
-        rdb.parent.mkdir()
-        rdb.write_bytes(b"".join(fetch_rdb(RedisDatabase(url=f"{url}/0"), diskless=True)))
-        assert rdb_keyspace(rdb) == {0: 300}
-
-        client.config_set("rdb-key-save-delay", "100000")  # 0.1 s per key: a 30 s BGSAVE
-        with pytest.raises(BgsaveTimeoutError, match="did not finish within 1s"):
-            asyncio.run(bgsave.fn(RedisDatabase(url=f"{url}/0"), timeout_s=1, poll_interval_s=0.1))
-        client.close()
-
-
-def test_bgsave_during_a_diskless_sync_waits_for_it_then_saves(tmp_path: Path) -> None:
-    """A replica's diskless sync never moves LASTSAVE: BGSAVE must not wait on LASTSAVE behind it (it hung)."""
-    with rdb_server(tmp_path / "none.rdb") as url:
-        client = redis.Redis.from_url(url)
-        client.mset({f"key:{i}": "x" * 100 for i in range(300)})
-        client.config_set("repl-diskless-sync", "yes")
-        client.config_set("repl-diskless-sync-delay", "0")
-        client.config_set("rdb-key-save-delay", "5000")  # 5 ms per key: each save takes about 1.5 s
-        before = client.lastsave()
-        sync = threading.Thread(target=lambda: b"".join(fetch_rdb(RedisDatabase(url=f"{url}/0"), diskless=True)))
-        sync.start()
-        for _ in range(100):
-            if int(client.info("persistence")["rdb_bgsave_in_progress"]):
-                break
-            time.sleep(0.02)
-        saved = asyncio.run(bgsave.fn(RedisDatabase(url=f"{url}/0"), timeout_s=30, poll_interval_s=0.1))
-        sync.join(timeout=30)
-        assert saved.lastsave > before and saved.status == "ok"
-        client.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
