@@ -754,7 +754,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         cluster = env.kubernetes
         if cluster is None:
             say("no Kubernetes cluster in the sandbox: the kubernetes and logs readers are left out")
-        from flows.backup import DEFAULT_PARTS
+        from tasks.backup.registry import DEFAULT_PARTS
 
         flow_parts = list(DEFAULT_PARTS)
         missing = [p for p in ("kubernetes", "logs") if p not in flow_parts]

@@ -47,7 +47,8 @@ def rss_bytes() -> int:
 
 
 async def run_backup(environment: str, parts: list[str] | None, level: int | None = None) -> dict[str, Any]:
-    from flows.backup import DEFAULT_PARTS, daily_backup
+    from flows.backup import daily_backup
+    from tasks.backup.registry import DEFAULT_PARTS
 
     imported_rss = rss_bytes()
     started = time.perf_counter()

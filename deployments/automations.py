@@ -2,7 +2,7 @@
 
 ``backup-missing-<environment>``: a proactive trigger that fires when no ``backup.completed`` of a daily backup
 (resource ``runbooks.backup.<environment>``, label ``runbooks.backup.kind: daily``, as
-:func:`flows.backup.emit_backup_event` emits it) arrived within 26 h, and runs the ``backup-missing``
+:func:`tasks.backup.report.emit_backup_event` emits it) arrived within 26 h, and runs the ``backup-missing``
 deployment (:mod:`flows.backup_alerts`: Slack, PagerDuty) for that environment. One automation per
 environment that has a ``daily-backup`` deployment in ``prefect.yaml``; while backups stay missing it fires
 again after every window.

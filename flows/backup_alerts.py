@@ -6,19 +6,20 @@ no recent completed backup is a Slack alert and a PagerDuty incident (dedup key 
 a re-fire is the same incident).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
+# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
 from pydantic import BaseModel, Field
 
 from blocks.environment import load_environment
+from kernel.redact import redact_errors
 from tasks.backup.manifest import IncompleteBackupError, backup_resource
 from tasks.backup.restore import find_backup
 from tasks.notify import post_slack_webhook, send_pagerduty_event
+from tasks.reporting import emit
 
 
 class BackupMissingReport(BaseModel):
@@ -45,6 +46,7 @@ class BackupMissingReport(BaseModel):
 
 
 @flow(name="backup-missing", log_prints=False)
+@redact_errors
 async def backup_missing(
     environment: str = "sandbox", window_hours: Annotated[float, Field(gt=0, le=24 * 14)] = 26
 ) -> BackupMissingReport:
@@ -85,8 +87,8 @@ async def backup_missing(
             details={"newest_backup": report.newest_backup, "window_hours": window_hours},
         )
         report.notified.append("pagerduty")
-    emit_event(
-        event="backup.missing",
+    emit(
+        "backup.missing",
         resource=backup_resource(environment, "daily"),
         payload=report.model_dump(mode="json"),
     )

@@ -11,26 +11,25 @@
 Dry run by default everywhere but the sandbox: it stops after step 2 and says what it would do.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
+# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from logging import Logger, LoggerAdapter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
-from prefect.events import emit_event
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from blocks.environment import RunbookEnvironment, load_environment
-from flows.backup import artifact_slug, emit_backup_event, run_backup
+from kernel.redact import redact_errors
 from tasks.backup.manifest import BackupError, IncompleteBackupError, Manifest
+from tasks.backup.orchestration import run_backup
+from tasks.backup.quiesce import QuiesceHook, ResumeApi, RunLogger, scale_api_to_zero
+from tasks.backup.report import RestoreReport, artifact_slug, emit_backup_event, emit_restore_event
 from tasks.backup.restore import (
     check_database_name,
     check_row_counts,
@@ -41,50 +40,12 @@ from tasks.backup.restore import (
     restore_archive,
     scratch_database_name,
 )
+from tasks.reporting import describe_error, publish_markdown
 
 #: How often a paused run checks for its approval (seconds).
 APPROVAL_POLL_INTERVAL_S = 10
 
-RunLogger = Logger | LoggerAdapter[Any]
-ResumeApi = Callable[[], Awaitable[None]]
-#: Called, in order, right before ``pg_restore`` runs over the live database; each may return a coroutine
-#: function that undoes what it did once the restore is verified (run in reverse order). Not undone when the
-#: restore fails: the API stays down on a database that is not what it should be.
-QuiesceHook = Callable[[RunbookEnvironment, RunLogger], Awaitable[ResumeApi | None]]
-
-
-async def scale_api_to_zero(env: RunbookEnvironment, logger: RunLogger) -> ResumeApi | None:
-    """The seed's ``kubectl scale deployment ai-multimodel-api --replicas=0``; returns what scales it back to the
-    previous count (and waits for the rollout), run after the restore succeeded."""
-    import asyncio
-
-    from tasks import kubernetes as k8s
-
-    if env.kubernetes is None:
-        logger.warning("No Kubernetes cluster configured: make sure nothing writes to the database during the restore")
-        return None
-    cluster = env.kubernetes
-    scaled = await k8s.scale_deployment(cluster, API_DEPLOYMENT, 0)
-    logger.info("scaled %s from %d to 0 replicas", API_DEPLOYMENT, scaled.previous_replicas)
-    deadline = time.monotonic() + 180
-    while await k8s.list_pods(cluster, label_selector=f"app={API_DEPLOYMENT}"):
-        if time.monotonic() > deadline:
-            raise BackupError(
-                f"{API_DEPLOYMENT} pods still running 180 s after scaling to 0",
-                hint="find what keeps them (an HPA?) before restoring",
-                transient=False,
-            )
-        await asyncio.sleep(1)
-
-    async def resume() -> None:
-        await k8s.scale_deployment(cluster, API_DEPLOYMENT, scaled.previous_replicas)
-        await k8s.rollout_status(cluster, API_DEPLOYMENT, timeout_s=300)
-        logger.info("scaled %s back to %d replicas", API_DEPLOYMENT, scaled.previous_replicas)
-
-    return resume
-
-
-API_DEPLOYMENT = "ai-multimodel-api"
+#: Called, in order, right before ``pg_restore`` runs over the live database (:mod:`tasks.backup.quiesce`).
 QUIESCE_HOOKS: list[QuiesceHook] = [scale_api_to_zero]
 
 
@@ -101,50 +62,8 @@ class RestoreNotApprovedError(BackupError):
         super().__init__(f"restore over the live database not approved: {why}", transient=False)
 
 
-class RestoreReport(BaseModel):
-    environment: str
-    backup_prefix: str
-    backup_completed_at: datetime
-    target: Literal["scratch", "live"]
-    database: str
-    dry_run: bool
-    status: Literal["completed", "failed", "dry-run"] = "completed"
-    emergency_backup: str | None = None
-    verified_objects: list[str] = Field(default_factory=list)
-    expected_rows: dict[str, int] = Field(default_factory=dict)
-    restored_rows: dict[str, int | None] = Field(default_factory=dict)
-    approved_by_reason: str | None = None
-    duration_s: float = 0.0
-    error: str | None = None
-    notes: list[str] = Field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        icon = {"completed": "✅", "failed": "❌", "dry-run": "🧪"}[self.status]
-        lines = [
-            f"# Restore of `{self.environment}` ({self.target} database `{self.database}`): {icon} {self.status}",
-            "",
-            f"From `{self.backup_prefix}` (completed {self.backup_completed_at:%Y-%m-%d %H:%M:%S} UTC), "
-            f"{self.duration_s:.1f} s.",
-            "",
-        ]
-        if self.emergency_backup:
-            lines += [f"Emergency backup taken first: `{self.emergency_backup}`", ""]
-        if self.error:
-            lines += [f"**Error:** {self.error}", ""]
-        if self.verified_objects:
-            lines += ["Verified (size, SHA-256, zstd): " + ", ".join(f"`{k}`" for k in self.verified_objects), ""]
-        if self.expected_rows:
-            lines += ["| table | rows in backup | rows restored |", "|---|---|---|"]
-            for table, want in self.expected_rows.items():
-                got = self.restored_rows.get(table, "—") if self.restored_rows else "—"
-                mark = "" if not self.restored_rows else (" ✅" if got == want else " ❌")
-                lines.append(f"| {table} | {want} | {got}{mark} |")
-            lines.append("")
-        lines += [f"- {note}" for note in self.notes]
-        return "\n".join(lines)
-
-
 @flow(name="restore-database", log_prints=False)
+@redact_errors
 async def restore_database(
     environment: str = "sandbox",
     backup_id: str | None = None,
@@ -169,7 +88,9 @@ async def restore_database(
     try:
         manifest: Manifest = await find_backup(env.backups, kind, environment, backup_id)
     except Exception as err:
-        _emit_restore_event(environment, "failed", {"backup_id": backup_id, "target": target, "error": str(err)})
+        emit_restore_event(
+            environment, "failed", {"backup_id": backup_id, "target": target, "error": describe_error(err)}
+        )
         raise
     database = (
         env.postgres.dbname
@@ -190,17 +111,15 @@ async def restore_database(
         await _restore(env, environment, manifest, report, logger, take_emergency, jobs, approval_timeout_s)
     except BaseException as err:
         report.status = "failed"
-        report.error = f"{type(err).__name__}: {err}"
+        report.error = describe_error(err)
         raise
     finally:
         report.duration_s = round(time.perf_counter() - started, 3)
-        await acreate_markdown_artifact(
-            key=f"restore-{artifact_slug(environment)}",
-            markdown=report.to_markdown(),
-            description=f"Database restore of {environment}",
+        await publish_markdown(
+            f"restore-{artifact_slug(environment)}", report.to_markdown(), f"Database restore of {environment}"
         )
         if not dry or report.status == "failed":
-            _emit_restore_event(
+            emit_restore_event(
                 environment,
                 report.status,
                 {
@@ -212,19 +131,6 @@ async def restore_database(
                 },
             )
     return report
-
-
-def _emit_restore_event(environment: str, status: str, payload: dict[str, Any]) -> None:
-    """``restore.completed`` / ``restore.failed`` on resource ``runbooks.database.<environment>``."""
-    emit_event(
-        event=f"restore.{status}",
-        resource={
-            "prefect.resource.id": f"runbooks.database.{environment}",
-            "prefect.resource.name": f"{environment} database",
-        },
-        related=[{"prefect.resource.id": f"runbooks.backup.{environment}", "prefect.resource.role": "backup"}],
-        payload=payload,
-    )
 
 
 async def _restore(
@@ -251,7 +157,7 @@ async def _restore(
         emit_backup_event(emergency)
         if failure is not None:
             raise BackupError(
-                f"emergency backup failed, nothing restored: {failure}",
+                f"emergency backup failed, nothing restored: {describe_error(failure)}",
                 hint="fix the backup first, or pass emergency_backup=false knowingly",
             ) from failure
         report.emergency_backup = emergency.prefix

@@ -12,23 +12,21 @@
    database dropped.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
+# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
 from prefect.context import FlowRunContext
-from prefect.events import emit_event
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from blocks.environment import RunbookEnvironment, load_environment
-from flows.backup import artifact_slug
-from tasks.backup.manifest import IncompleteBackupError, Manifest, backup_resource
+from kernel.redact import redact_errors
+from tasks.backup.manifest import IncompleteBackupError, Manifest
+from tasks.backup.report import VerificationReport, artifact_slug, emit_verification_event
 from tasks.backup.restore import (
     create_database,
     download_objects,
@@ -38,8 +36,6 @@ from tasks.backup.restore import (
 )
 from tasks.backup.verify import (
     BackupVerificationError,
-    DatabaseValidation,
-    RedisVerification,
     drop_database,
     new_verified_record,
     primary_key_columns,
@@ -48,75 +44,7 @@ from tasks.backup.verify import (
     write_verified,
 )
 from tasks.notify import post_slack_webhook
-
-VERIFIED_EVENT = "backup.verified"
-FAILED_EVENT = "backup.verification_failed"
-
-
-class VerificationReport(BaseModel):
-    environment: str
-    kind: str
-    backup_id: str | None = None
-    backup_prefix: str | None = None
-    backup_completed_at: datetime | None = None
-    status: Literal["verified", "failed"] = "verified"
-    scratch_database: str | None = None
-    scratch_dropped: bool = False
-    verified_objects: list[str] = Field(default_factory=list)
-    database: DatabaseValidation | None = None
-    redis: RedisVerification | None = None
-    verified_key: str | None = None
-    failures: list[str] = Field(default_factory=list)
-    error: str | None = None
-    duration_s: float = 0.0
-    notes: list[str] = Field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        icon = "✅" if self.status == "verified" else "❌"
-        lines = [f"# Backup verification of `{self.environment}`: {icon} {self.status}", ""]
-        if self.backup_prefix:
-            when = f" (completed {self.backup_completed_at:%Y-%m-%d %H:%M:%S} UTC)" if self.backup_completed_at else ""
-            lines += [f"Backup `{self.backup_prefix}`{when}, verified in {self.duration_s:.1f} s.", ""]
-        if self.error:
-            lines += [f"**Error:** {self.error}", ""]
-        if self.verified_objects:
-            lines += [
-                "Downloaded and checked (size, SHA-256, zstd): " + ", ".join(f"`{k}`" for k in self.verified_objects)
-            ]
-            lines.append("")
-        if self.database is not None:
-            ok = sum(o.success for o in self.database.outcomes)
-            lines += [
-                f"## PostgreSQL: {ok}/{len(self.database.outcomes)} expectations met "
-                f"(scratch database `{self.database.database}`, Great Expectations)",
-                "",
-                "| suite | expectation | column | expected | observed | |",
-                "|---|---|---|---|---|---|",
-            ]
-            for o in self.database.outcomes:
-                expected = "all manifest tables" if isinstance(o.expected, list) else o.expected
-                observed = o.error or ("—" if o.observed in (None, []) else o.observed)
-                lines.append(
-                    f"| {o.suite} | {o.expectation} | {o.column or ''} | {expected} | {observed} "
-                    f"| {'✅' if o.success else '❌'} |"
-                )
-            lines.append("")
-        if self.redis is not None:
-            mark = "✅" if self.redis.success else "❌"
-            lines += [
-                f"## Redis: {mark} {self.redis.restored_keys} keys in db {self.redis.db} "
-                f"(manifest: {self.redis.expected_keys}; all databases in the RDB: {self.redis.keyspace})",
-                "",
-            ]
-        if self.failures:
-            lines += ["## Failures", "", *[f"- {f}" for f in self.failures], ""]
-        if self.verified_key:
-            lines += [f"Recorded as verified: `{self.verified_key}`", ""]
-        if self.scratch_database:
-            dropped = "dropped" if self.scratch_dropped else "**not dropped: drop it by hand**"
-            lines.append(f"- scratch database `{self.scratch_database}` {dropped}")
-        lines += [f"- {note}" for note in self.notes]
-        return "\n".join(lines)
+from tasks.reporting import describe_error, publish_markdown
 
 
 def scratch_name(live: str, backup_id: str) -> str:
@@ -124,6 +52,7 @@ def scratch_name(live: str, backup_id: str) -> str:
 
 
 @flow(name="verify-backup", log_prints=False)
+@redact_errors
 async def verify_backup(
     environment: str = "sandbox",
     backup_id: str | None = None,
@@ -155,7 +84,7 @@ async def verify_backup(
     except BaseException as err:
         failure = err
         report.status = "failed"
-        report.error = f"{type(err).__name__}: {err}"
+        report.error = describe_error(err)
     finally:
         if report.scratch_database:
             try:
@@ -163,17 +92,17 @@ async def verify_backup(
                 report.scratch_dropped = True
             except Exception as err:  # noqa: BLE001 - reported, and the run fails below
                 logger.error("Scratch database %s not dropped: %s", report.scratch_database, err)
-                report.notes.append(f"dropping the scratch database failed: {err}")
+                report.notes.append(f"dropping the scratch database failed: {describe_error(err)}")
                 if failure is None:
                     failure = err
-                    report.status, report.error = "failed", f"{type(err).__name__}: {err}"
+                    report.status, report.error = "failed", describe_error(err)
         report.duration_s = round(time.perf_counter() - started, 3)
-        await acreate_markdown_artifact(
-            key=f"verify-backup-{artifact_slug(environment)}",
-            markdown=report.to_markdown(),
-            description=f"Backup verification of {environment}",
+        await publish_markdown(
+            f"verify-backup-{artifact_slug(environment)}",
+            report.to_markdown(),
+            f"Backup verification of {environment}",
         )
-        _emit_verification_event(report)
+        emit_verification_event(report)
     if failure is None:
         logger.info("Backup %s verified: %s", report.backup_prefix, report.verified_key)
         return report
@@ -220,24 +149,6 @@ async def _verify(
             report.notes.append("the backup has no Redis part: Redis not verified")
 
 
-def _emit_verification_event(report: VerificationReport) -> None:
-    """``backup.verified`` / ``backup.verification_failed`` on ``runbooks.backup.<env>``."""
-    emit_event(
-        event=VERIFIED_EVENT if report.status == "verified" else FAILED_EVENT,
-        resource=backup_resource(report.environment, report.kind),
-        payload={
-            "backup_id": report.backup_id,
-            "prefix": report.backup_prefix,
-            "verified": report.verified_key,
-            "expectations": len(report.database.outcomes) if report.database else 0,
-            "failures": report.failures,
-            "redis_keys": report.redis.restored_keys if report.redis else None,
-            "error": report.error,
-            "duration_s": report.duration_s,
-        },
-    )
-
-
 async def _notify_failure(env: RunbookEnvironment, report: VerificationReport, logger: Any) -> None:
     if env.slack is None:
         logger.warning("No Slack block in %s: the failure is only in the run and its event", report.environment)
@@ -259,4 +170,4 @@ async def _notify_failure(env: RunbookEnvironment, report: VerificationReport, l
             ],
         )
     except Exception as err:  # noqa: BLE001 - the verification's own failure is raised right after
-        logger.error("Slack not notified of the failed verification: %s", err)
+        logger.error("Slack not notified of the failed verification: %s", describe_error(err))

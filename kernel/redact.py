@@ -40,6 +40,9 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             r"(?i)((?:password|passwd|pwd|secret|secret_key|api_key|apikey|access_token|auth_token|token|"
             r"routing_key|aws_secret_access_key|aws_session_token)[\"']?\s*[:=]\s*)"
+            # not a value masked already: redacting twice must change nothing (``password=[REDACTED]`` would
+            # otherwise grow a ``]`` per pass, and an error redacted twice would look as if it still held a secret)
+            r"(?!\[REDACTED\])"
             r"(\"[^\"]*\"|'[^']*'|[^\s,;&}\]]+)"
         ),
         rf"\1{MASK}",

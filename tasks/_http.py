@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from kernel.errors import PlatformAPIError, PlatformAuthError
+from kernel.redact import quote_body
 
 
 async def platform_request(
@@ -34,7 +35,7 @@ async def platform_request(
             hint="the Platform API block's admin_token is wrong or expired",
         )
     if response.status_code not in expect:
-        detail = response.text[:200].replace("\n", " ")
+        detail = quote_body(response.text)  # cut, then redacted: a third party's body may echo what we sent
         raise PlatformAPIError(
             f"{method} {path} answered {response.status_code}: {detail}", status_code=response.status_code
         )

@@ -1,4 +1,8 @@
-"""Tasks that tell people: Slack (webhook and threads), PagerDuty Events API v2, Opsgenie."""
+"""Tasks that tell people: Slack (webhook and threads), PagerDuty Events API v2, Opsgenie.
+
+Every payload is redacted in :func:`_post`, the one place that sends (:func:`kernel.redact.redact_obj`), and a
+receiver's response body is cut and redacted before an error quotes it (:func:`kernel.redact.quote_body`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,17 @@ from pydantic import BaseModel
 
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from kernel.errors import NotificationError
+from kernel.redact import quote_body, redact, redact_obj
 from kernel.retry import idempotent_task
+
+#: Payload fields that carry the receiver's own credential (PagerDuty's routing key): sent as they are, since
+#: redacting them would only make the receiver refuse the message; everything else is content and is redacted.
+_CREDENTIAL_FIELDS = frozenset({"routing_key"})
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` redacted, then cut to a receiver's limit: cutting first could leave half a secret unmasked."""
+    return redact(text)[:limit]
 
 
 class SlackMessage(BaseModel):
@@ -20,15 +34,18 @@ class SlackMessage(BaseModel):
 async def _post(
     client: httpx.AsyncClient, url: str, payload: dict[str, Any], *, what: str, idempotent: bool
 ) -> httpx.Response:
+    """Send ``payload`` with every string in it redacted (texts, blocks, summaries, details): the one place that
+    sends, so no notification leaves unredacted whoever builds it."""
+    clean = {key: value if key in _CREDENTIAL_FIELDS else redact_obj(value) for key, value in payload.items()}
     try:
-        response = await client.post(url, json=payload)
+        response = await client.post(url, json=clean)
     except httpx.ConnectError as err:  # never reached the server: safe to try again
         raise NotificationError(f"{what}: cannot connect: {err}", transient=True) from err
     except httpx.TransportError as err:  # may have been delivered: retry only where the receiver dedups
         raise NotificationError(f"{what}: {type(err).__name__}: {err}", transient=idempotent) from err
     if response.status_code >= 400:
         raise NotificationError(
-            f"{what} answered {response.status_code}: {response.text[:200]}", status_code=response.status_code
+            f"{what} answered {response.status_code}: {quote_body(response.text)}", status_code=response.status_code
         )
     return response
 
@@ -92,7 +109,7 @@ async def send_pagerduty_event(
     }
     if action == "trigger":
         payload["payload"] = {
-            "summary": summary[:1024],
+            "summary": _cut(summary, 1024),
             "severity": severity,
             "source": source,
             "custom_details": details or {},
@@ -113,10 +130,10 @@ async def create_opsgenie_alert(
 ) -> str:
     """Create an Opsgenie alert; the ``alias`` dedups retries. Returns the request id."""
     payload = {
-        "message": message[:130],
+        "message": _cut(message, 130),
         "alias": alias,
         "priority": priority,
-        "description": description[:15000],
+        "description": _cut(description, 15000),
         "tags": tags or [],
     }
     async with opsgenie.get_client() as client:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,26 @@ class BucketHealth(BaseModel):
     newest_modified: datetime | None
 
 
+#: botocore's own retries for every S3 request of this module. Standard mode retries connection errors, timeouts,
+#: throttling and 5xx with exponential backoff and jitter, and re-sends the same request (for a multipart upload,
+#: the same part with the same bytes), so a transient failure of one part upload is retried right where it
+#: happened. A loop of our own on top of it would multiply the attempts (ours x botocore's) and the waits.
+#: A ``retries`` entry in the block's ``aws_client_parameters.config`` takes precedence.
+S3_RETRIES: dict[str, Any] = {"mode": "standard", "max_attempts": 4}
+
+
+def s3_client(bucket: S3Bucket) -> Any:
+    """The bucket's S3 client (prefect-aws caches it), with :data:`S3_RETRIES` unless the block sets its own."""
+    credentials = bucket.credentials
+    params = credentials.aws_client_parameters
+    config = dict(params.config or {})
+    if "retries" not in config:
+        config["retries"] = dict(S3_RETRIES)
+        params = params.model_copy(update={"config": config})
+        credentials = credentials.model_copy(update={"aws_client_parameters": params})
+    return credentials.get_s3_client()
+
+
 def _endpoint(bucket: S3Bucket) -> str:
     params = getattr(bucket.credentials, "aws_client_parameters", None)
     return str(getattr(params, "endpoint_url", None) or "aws")
@@ -36,7 +55,7 @@ async def check_bucket(bucket: S3Bucket, prefix: str = "") -> BucketHealth:
     """``aws s3api head-bucket`` and the newest object under ``prefix`` (the weekly check of the latest backup)."""
 
     def probe() -> BucketHealth:
-        s3 = bucket.credentials.get_s3_client()
+        s3 = s3_client(bucket)
         s3.head_bucket(Bucket=bucket.bucket_name)
         newest = None
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.bucket_name, Prefix=prefix):
@@ -163,32 +182,15 @@ def storage_error(bucket: S3Bucket, action: str, err: BaseException) -> StorageE
 
 
 def _upload_part(
-    s3: Any,
-    bucket: S3Bucket,
-    key: str,
-    upload_id: str,
-    number: int,
-    data: bytes | bytearray,
-    delays: Sequence[float],
+    s3: Any, bucket: S3Bucket, key: str, upload_id: str, number: int, data: bytes | bytearray
 ) -> dict[str, Any]:
-    """One part, tried ``len(delays) + 1`` times on transient errors."""
-    attempt = 0
-    while True:
-        try:
-            response = s3.upload_part(
-                Bucket=bucket.bucket_name, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-            )
-        except (BotoCoreError, ClientError) as err:
-            if attempt >= len(delays) or not is_transient_s3(err):
-                raise
-            time.sleep(delays[attempt])
-            attempt += 1
-            continue
-        part = {"PartNumber": number, "ETag": response["ETag"]}
-        for checksum in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256"):
-            if response.get(checksum):
-                part[checksum] = response[checksum]
-        return part
+    """One part; botocore retries it on transient errors (:data:`S3_RETRIES`)."""
+    response = s3.upload_part(Bucket=bucket.bucket_name, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+    part = {"PartNumber": number, "ETag": response["ETag"]}
+    for checksum in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256"):
+        if response.get(checksum):
+            part[checksum] = response[checksum]
+    return part
 
 
 def upload_stream(
@@ -197,7 +199,6 @@ def upload_stream(
     chunks: Iterable[bytes],
     *,
     part_size: int = PART_SIZE,
-    part_retry_delays: Sequence[float] = (1.0, 4.0),
     max_in_flight: int = 2,
     content_type: str = "application/octet-stream",
     metadata: Mapping[str, str] | None = None,
@@ -207,11 +208,11 @@ def upload_stream(
     parts then grow step by step (:func:`part_size_for`) so an object can reach 429 GiB within S3's 10,000 parts.
 
     Parts of ``part_size`` bytes are uploaded by ``max_in_flight`` threads while the stream is read; each part
-    is retried on transient errors (``part_retry_delays``). On any failure (S3 or the stream itself) the
+    is retried on transient errors by botocore itself (:data:`S3_RETRIES`). On any failure (S3 or the stream itself) the
     multipart upload is aborted, so no object and no stored parts remain; the stream's own exception is
     re-raised as it is, S3 failures become :class:`StorageError` naming the object.
     """
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     full_key = object_key(bucket, key)
     where = f"s3://{bucket.bucket_name}/{full_key}"
     try:
@@ -231,7 +232,7 @@ def upload_stream(
         while len(pending) >= max_in_flight:
             done_parts.append(pending.popleft().result())
         number = len(done_parts) + len(pending) + 1
-        pending.append(pool.submit(_upload_part, s3, bucket, full_key, upload_id, number, data, part_retry_delays))
+        pending.append(pool.submit(_upload_part, s3, bucket, full_key, upload_id, number, data))
 
     try:
         try:
@@ -263,7 +264,7 @@ def upload_stream(
         abort_error = _abort(s3, bucket.bucket_name, full_key, upload_id)
         if isinstance(err, BotoCoreError | ClientError):
             failure = storage_error(bucket, f"upload of {where} (part {len(done_parts) + 1})", err)
-            failure.transient = False  # each part was already tried 1 + len(part_retry_delays) times
+            failure.transient = False  # botocore already tried the part as often as its retry config allows
             if abort_error is not None:
                 failure = StorageError(
                     f"{failure.message}; the incomplete upload {upload_id} could not be aborted either "
@@ -289,7 +290,7 @@ def _abort(s3: Any, bucket_name: str, key: str, upload_id: str) -> BaseException
 
 def read_object(bucket: S3Bucket, key: str, *, chunk_size: int = 2**20) -> Iterator[bytes]:
     """Stream an object's bytes; a missing object or a broken connection is a :class:`StorageError`."""
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     where = f"s3://{bucket.bucket_name}/{object_key(bucket, key)}"
     try:
         body = s3.get_object(Bucket=bucket.bucket_name, Key=object_key(bucket, key))["Body"]
@@ -303,7 +304,7 @@ def read_object(bucket: S3Bucket, key: str, *, chunk_size: int = 2**20) -> Itera
 
 def get_bytes(bucket: S3Bucket, key: str) -> bytes | None:
     """A small object's content, or None when there is no such object."""
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     try:
         return bytes(s3.get_object(Bucket=bucket.bucket_name, Key=object_key(bucket, key))["Body"].read())
     except ClientError as err:
@@ -315,7 +316,7 @@ def get_bytes(bucket: S3Bucket, key: str) -> bytes | None:
 
 
 def put_bytes(bucket: S3Bucket, key: str, data: bytes, *, content_type: str = "application/json") -> None:
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     try:
         s3.put_object(Bucket=bucket.bucket_name, Key=object_key(bucket, key), Body=data, ContentType=content_type)
     except (BotoCoreError, ClientError) as err:
@@ -324,7 +325,7 @@ def put_bytes(bucket: S3Bucket, key: str, data: bytes, *, content_type: str = "a
 
 def list_stored(bucket: S3Bucket, prefix: str) -> list[StoredObject]:
     """Every object under ``prefix`` (keys relative to the bucket folder)."""
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     found = []
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(
@@ -344,7 +345,7 @@ def list_stored(bucket: S3Bucket, prefix: str) -> list[StoredObject]:
 
 def delete_stored(bucket: S3Bucket, keys: Sequence[str]) -> None:
     """Delete objects (in the given order, batches of 1000); any per-key error is a :class:`StorageError`."""
-    s3 = bucket.credentials.get_s3_client()
+    s3 = s3_client(bucket)
     for start in range(0, len(keys), 1000):
         batch = [{"Key": object_key(bucket, key)} for key in keys[start : start + 1000]]
         try:

@@ -80,7 +80,6 @@ class UploadTarget:
     #: S3 part uploads in flight per object while the next part is read and compressed (memory: about
     #: ``part_size x (uploads_in_flight + 1)`` per part being backed up)
     uploads_in_flight: int = 2
-    part_retry_delays: tuple[float, ...] = (1.0, 4.0)
 
 
 def compress_and_upload(
@@ -137,7 +136,6 @@ def compress_and_upload(
             stream,
             part_size=target.part_size,
             max_in_flight=target.uploads_in_flight,
-            part_retry_delays=target.part_retry_delays,
             content_type="application/zstd",
             metadata={"runbooks-part": part, "runbooks-format": format},
         )

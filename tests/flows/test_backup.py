@@ -36,7 +36,7 @@ from tasks.backup.restore import read_manifest
 from tasks.redis import copy_rdb_keys
 from tasks.storage import get_bytes, list_stored, put_bytes
 from tests.conftest import TEST_ENVIRONMENT
-from tests.tasks.test_backup import FaultProxy
+from tests.faults import FaultProxy
 
 NO_RETENTION = RetentionSettings(enabled=False)
 BACKUP_EVENTS = ["backup.completed", "backup.failed"]

@@ -14,9 +14,10 @@ from prefect.client.orchestration import get_client
 
 from blocks.environment import RunbookEnvironment
 from flows.backup import daily_backup
-from flows.verify import FAILED_EVENT, VERIFIED_EVENT, scratch_name, verify_backup
+from flows.verify import scratch_name, verify_backup
 from sandbox.manager import Sandbox
 from tasks.backup.manifest import VERIFIED_NAME
+from tasks.backup.report import FAILED_EVENT, VERIFIED_EVENT
 from tasks.backup.restore import read_manifest
 from tasks.backup.retention import RetentionPolicy, StoredBackup, list_backups, plan_retention
 from tasks.backup.verify import BackupVerificationError, VerifiedRecord

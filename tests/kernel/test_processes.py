@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,3 +47,45 @@ def test_run_timeout_kills_the_group() -> None:
 def test_run_missing_binary_is_clear() -> None:
     with pytest.raises(processes.ProcessError, match="not found"):
         processes.run(["/nonexistent/tool"], timeout_s=5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stream: stdout in chunks, the group killed on timeout, early close or stop
+
+STREAMS_AND_SPAWNS = "import subprocess, sys, time; subprocess.Popen(['sleep', '301']); sys.stdout.write('x' * 10); sys.stdout.flush(); time.sleep(300)"  # noqa: E501
+
+
+def _no_sleeper() -> bool:
+    found = subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True, text=True, check=False)
+    return found.stdout.strip() == ""
+
+
+def test_stream_yields_stdout_and_reports_failure_with_stderr() -> None:
+    code = "import sys; sys.stdout.buffer.write(b'a' * 300000); sys.stderr.write('boom: disk full\\n'); sys.exit(3)"
+    received = bytearray()
+    with pytest.raises(processes.ProcessError, match="exited 3: boom: disk full"):
+        for chunk in processes.stream([sys.executable, "-c", code], timeout_s=30, chunk_size=65536):
+            assert len(chunk) <= 65536
+            received += chunk
+    assert bytes(received) == b"a" * 300000
+
+
+def test_stream_timeout_and_early_close_kill_the_group() -> None:
+    with pytest.raises(processes.ProcessError, match="timed out"):
+        for _ in processes.stream([sys.executable, "-c", STREAMS_AND_SPAWNS], timeout_s=1.5):
+            pass
+    assert _no_sleeper()
+    with contextlib.closing(processes.stream([sys.executable, "-c", STREAMS_AND_SPAWNS], timeout_s=60)) as chunks:
+        assert next(chunks) == b"x" * 10
+    assert _no_sleeper()
+
+
+def test_stream_should_stop_kills_a_silent_command() -> None:
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(processes.ProcessError, match="no longer wanted"):
+        for _ in processes.stream([sys.executable, "-c", STREAMS_AND_SPAWNS], timeout_s=60, should_stop=stop.is_set):
+            pass
+    assert time.monotonic() - started < 5
+    assert _no_sleeper()

@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from blocks.postgres import PostgresDatabase
-from kernel.errors import RunbookError
+from kernel.errors import NotificationError, RunbookError
 from kernel.redact import (
     MASK,
     RedactedError,
@@ -126,3 +126,22 @@ def test_log_filter_masks_message_args_and_traceback() -> None:
     formatted = logging.Formatter().format(record)
     assert "log-secret-value-000" not in formatted
     assert "RuntimeError" in formatted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password=hunter2-long x",
+        "dsn host=db password=abc123456 dbname=app",
+        'token: "abcdefghijk"',
+        "routing_key=abcdefgh12345 and https://u:pw123456@host/x?token=zzz",
+    ],
+)
+def test_redacting_twice_changes_nothing(text: str) -> None:
+    once = redact(text)
+    assert MASK in once and redact(once) == once
+
+
+def test_an_already_redacted_error_keeps_its_type() -> None:
+    err = NotificationError(f"Slack webhook answered 500: {redact('password=hunter2-long')}", status_code=500)
+    assert redact_exception(err) is err

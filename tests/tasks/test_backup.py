@@ -1,171 +1,30 @@
-"""The backup building blocks: the streaming child process, the multipart upload and its failures (through a
-TCP proxy that breaks like a network or a dying server does), zstd + SHA-256 round trip and corruption, the
-Redis RDB over SYNC, and the retention rules."""
+"""The backup building blocks: the stream through zstd + SHA-256 into S3 (memory, round trip, corruption,
+cancellation) and the retention rules. The multipart upload is in test_storage.py, the child process in
+tests/kernel/test_processes.py, the Redis RDB in test_redis.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import math
 import os
-import socket
-import struct
-import subprocess
-import sys
-import threading
 import time
 import tracemalloc
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
-from prefect_aws.s3 import S3Bucket
 
 from blocks.environment import RunbookEnvironment
-from blocks.redis import RedisDatabase
-from kernel import processes
-from kernel.errors import StorageError
 from sandbox.manager import Sandbox
 from tasks.backup.manifest import BackupCancelledError, CorruptObjectError
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
 from tasks.backup.retention import RetentionPolicy, StoredBackup, clean_local_staging, plan_retention
-from tasks.redis import BgsaveTimeoutError, bgsave, fetch_rdb, rdb_keyspace, rdb_server
-from tasks.storage import PART_SIZE, delete_stored, get_bytes, object_key, part_size_for, upload_stream
+from tasks.storage import PART_SIZE, delete_stored, get_bytes, object_key
 from tests.conftest import TEST_ENVIRONMENT
+from tests.tasks.test_storage import exists, random_chunks
 
 MiB = 2**20
-
-
-# ----------------------------------------------------------------------------------------------------------
-# A TCP proxy that fails on purpose
-
-
-class FaultProxy:
-    """A loopback TCP proxy in front of ``upstream`` that can, per connection, cut (RST) it or hold the server's
-    data once a byte threshold is crossed, or die altogether (listener and every connection closed)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.cut_up_after: int | None = None  # client→server bytes on one connection
-        self.cut_down_after: int | None = None  # server→client bytes on one connection
-        self.cuts_left: int | None = None  # None: cut every connection that crosses the threshold
-        self.hold_down_after: int | None = None  # one connection's server→client data is held, once
-        self.held = threading.Event()
-        self.release = threading.Event()
-        self.die_after_up: int | None = None  # total client→server bytes after which the proxy dies
-        self.up_total = 0
-        self.cut_count = 0
-        self.max_down = 0
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self.dead = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self.upstream)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets |= {client, server}
-            counts = {"up": 0, "down": 0}
-            threading.Thread(target=self._pump, args=(client, server, counts, "up"), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, counts, "down"), daemon=True).start()
-
-    def _should_cut(self, counts: dict[str, int], direction: str) -> bool:
-        limit = self.cut_up_after if direction == "up" else self.cut_down_after
-        if limit is None or counts[direction] <= limit:
-            return False
-        with self._lock:
-            if self.cuts_left is not None:
-                if self.cuts_left <= 0:
-                    return False
-                self.cuts_left -= 1
-            self.cut_count += 1
-        return True
-
-    def _pump(self, src: socket.socket, dst: socket.socket, counts: dict[str, int], direction: str) -> None:
-        held = False
-        while True:
-            try:
-                data = src.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-                return
-            counts[direction] += len(data)
-            if direction == "up":
-                with self._lock:
-                    self.up_total += len(data)
-                if self.die_after_up is not None and self.up_total > self.die_after_up:
-                    self.kill()
-                    return
-            else:
-                self.max_down = max(self.max_down, counts["down"])
-                if (
-                    not held
-                    and self.hold_down_after is not None
-                    and counts["down"] > self.hold_down_after
-                    and not self.held.is_set()
-                ):
-                    held = True
-                    self.held.set()
-                    self.release.wait(30)
-            if self._should_cut(counts, direction):
-                self._reset(src)
-                self._reset(dst)
-                return
-            try:
-                dst.sendall(data)
-            except OSError:
-                return
-
-    @staticmethod
-    def _reset(sock: socket.socket) -> None:
-        # shutdown() wakes a thread blocked in recv() on it (close() alone would not); linger 0 makes it a reset
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def kill(self) -> None:
-        """The server dies: no more connections, and every open one is reset."""
-        self.dead = True
-        with contextlib.suppress(OSError):
-            self.listener.close()
-        with self._lock:
-            sockets, self._sockets = set(self._sockets), set()
-        for sock in sockets:
-            self._reset(sock)
-
-
-def proxied_bucket(bucket: S3Bucket, proxy: FaultProxy) -> S3Bucket:
-    """The same bucket and credentials, reached through ``proxy``, without botocore's own retries."""
-    credentials = bucket.credentials.model_copy(deep=True)
-    params = credentials.aws_client_parameters
-    params.endpoint_url = proxy.url
-    params.config = {"retries": {"mode": "standard", "max_attempts": 1}, "connect_timeout": 2, "read_timeout": 10}
-    return S3Bucket(bucket_name=bucket.bucket_name, credentials=credentials)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,87 +36,8 @@ def env(sandbox: Sandbox) -> RunbookEnvironment:
     return RunbookEnvironment.load(TEST_ENVIRONMENT)
 
 
-@pytest.fixture()
-def s3_proxy(env: RunbookEnvironment) -> Iterator[FaultProxy]:
-    endpoint = str(env.backups.credentials.aws_client_parameters.endpoint_url)
-    host, port = endpoint.removeprefix("http://").split(":")
-    proxy = FaultProxy(host, int(port))
-    yield proxy
-    proxy.release.set()
-    proxy.kill()
-
-
-def random_chunks(total: int, chunk: int = MiB) -> Iterator[bytes]:
-    sent = 0
-    while sent < total:
-        size = min(chunk, total - sent)
-        sent += size
-        yield os.urandom(size)
-
-
-def pending_uploads(bucket: S3Bucket, key: str) -> list[str]:
-    s3 = bucket.credentials.get_s3_client()
-    uploads = s3.list_multipart_uploads(Bucket=bucket.bucket_name, Prefix=object_key(bucket, key)).get("Uploads", [])
-    return [u["UploadId"] for u in uploads]
-
-
-def exists(bucket: S3Bucket, key: str) -> bool:
-    return get_bytes(bucket, key) is not None
-
-
 # ----------------------------------------------------------------------------------------------------------
-# kernel.processes.stream
-
-SPAWNS_A_CHILD = "import subprocess, sys, time; subprocess.Popen(['sleep', '301']); sys.stdout.write('x' * 10); sys.stdout.flush(); time.sleep(300)"  # noqa: E501
-
-
-def _no_sleeper() -> bool:
-    found = subprocess.run(["pgrep", "-f", "^sleep 301$"], capture_output=True, text=True, check=False)
-    return found.stdout.strip() == ""
-
-
-def test_stream_yields_stdout_and_reports_failure_with_stderr() -> None:
-    code = "import sys; sys.stdout.buffer.write(b'a' * 300000); sys.stderr.write('boom: disk full\\n'); sys.exit(3)"
-    received = bytearray()
-    with pytest.raises(processes.ProcessError, match="exited 3: boom: disk full"):
-        for chunk in processes.stream([sys.executable, "-c", code], timeout_s=30, chunk_size=65536):
-            assert len(chunk) <= 65536
-            received += chunk
-    assert bytes(received) == b"a" * 300000
-
-
-def test_stream_timeout_and_early_close_kill_the_group() -> None:
-    with pytest.raises(processes.ProcessError, match="timed out"):
-        for _ in processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=1.5):
-            pass
-    assert _no_sleeper()
-    with contextlib.closing(processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=60)) as chunks:
-        assert next(chunks) == b"x" * 10
-    assert _no_sleeper()
-
-
-def test_stream_should_stop_kills_a_silent_command() -> None:
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
-    started = time.monotonic()
-    with pytest.raises(processes.ProcessError, match="no longer wanted"):
-        for _ in processes.stream([sys.executable, "-c", SPAWNS_A_CHILD], timeout_s=60, should_stop=stop.is_set):
-            pass
-    assert time.monotonic() - started < 5
-    assert _no_sleeper()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# multipart upload
-
-
-def test_upload_stream_multipart_size_and_sha256(env: RunbookEnvironment) -> None:
-    key = f"rb-test/{uuid.uuid4().hex}/blob"
-    data = os.urandom(20 * MiB + 123)
-    uploaded = upload_stream(env.backups, key, (data[i : i + MiB] for i in range(0, len(data), MiB)), part_size=8 * MiB)
-    assert uploaded.parts == 3 and uploaded.size == len(data)
-    assert uploaded.sha256 == hashlib.sha256(data).hexdigest()
-    assert get_bytes(env.backups, key) == data
+# streaming upload through zstd
 
 
 def test_upload_memory_does_not_grow_with_the_data(env: RunbookEnvironment) -> None:
@@ -272,59 +52,6 @@ def test_upload_memory_does_not_grow_with_the_data(env: RunbookEnvironment) -> N
         delete_stored(env.backups, [key])
     assert obj.raw_size == 96 * MiB and obj.s3_parts == math.ceil(obj.size / PART_SIZE)
     assert peak < 56 * MiB, f"peak {peak / MiB:.0f} MiB for 96 MiB of data"  # ~ part size x (in flight + 2)
-
-
-def test_parts_grow_only_past_a_thousand() -> None:
-    sizes = [part_size_for(i) for i in range(10_000)]
-    assert sizes[0] == sizes[999] == PART_SIZE == 8 * MiB  # memory stays flat for the first 7.8 GiB
-    assert sizes[1000] == 2 * PART_SIZE and sizes[9999] == 10 * PART_SIZE
-    assert sum(sizes) >= 429 * 2**30  # S3's 10,000 parts hold a 429 GiB object (78 GiB with fixed parts)
-
-
-def test_upload_part_cut_once_is_retried(env: RunbookEnvironment, s3_proxy: FaultProxy) -> None:
-    s3_proxy.cut_up_after, s3_proxy.cuts_left = 2 * MiB, 1
-    key = f"rb-test/{uuid.uuid4().hex}/blob"
-    uploaded = upload_stream(
-        proxied_bucket(env.backups, s3_proxy), key, random_chunks(10 * MiB), part_retry_delays=(0.2, 0.5)
-    )
-    assert s3_proxy.cut_count == 1
-    assert uploaded.parts == 2
-    assert exists(env.backups, key)
-
-
-def test_upload_failing_for_good_aborts_and_leaves_nothing(env: RunbookEnvironment, s3_proxy: FaultProxy) -> None:
-    s3_proxy.cut_up_after = 2 * MiB  # every request bigger than that (every part) is reset
-    key = f"rb-test/{uuid.uuid4().hex}/blob"
-    with pytest.raises(StorageError, match=f"upload of s3://{env.backups.bucket_name}/{key}") as info:
-        upload_stream(proxied_bucket(env.backups, s3_proxy), key, random_chunks(10 * MiB), part_retry_delays=(0.1, 0.1))
-    assert s3_proxy.cut_count >= 3  # the first part, tried three times
-    assert not info.value.transient
-    assert not exists(env.backups, key)
-    assert pending_uploads(env.backups, key) == []  # aborted: no stored parts left behind
-
-
-def test_server_dying_mid_upload_fails_clearly(env: RunbookEnvironment, s3_proxy: FaultProxy) -> None:
-    s3_proxy.die_after_up = 3 * MiB
-    key = f"rb-test/{uuid.uuid4().hex}/blob"
-    started = time.monotonic()
-    with pytest.raises(StorageError, match="could not be aborted either") as info:
-        upload_stream(proxied_bucket(env.backups, s3_proxy), key, random_chunks(12 * MiB), part_retry_delays=(0.1, 0.1))
-    assert "upload of s3://" in str(info.value) and key in str(info.value)
-    assert time.monotonic() - started < 30
-    assert not exists(env.backups, key)
-
-
-def test_failing_source_aborts_the_upload(env: RunbookEnvironment) -> None:
-    key = f"rb-test/{uuid.uuid4().hex}/blob"
-
-    def source() -> Iterator[bytes]:
-        yield from random_chunks(9 * MiB)
-        raise processes.ProcessError("pg_dump exited 1: connection lost")
-
-    with pytest.raises(processes.ProcessError, match="connection lost"):
-        upload_stream(env.backups, key, source())
-    assert not exists(env.backups, key)
-    assert pending_uploads(env.backups, key) == []
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -363,69 +90,6 @@ def test_cancel_stops_a_part(env: RunbookEnvironment) -> None:
     with pytest.raises(BackupCancelledError):
         compress_and_upload(target, key, random_chunks(MiB), part="redis", format="redis-rdb")
     assert not exists(env.backups, key)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Redis RDB over the replication protocol
-
-
-def test_fetch_rdb_matches_redis_cli_and_loads(env: RunbookEnvironment, tmp_path: Path) -> None:
-    ours = tmp_path / "ours" / "dump.rdb"
-    ours.parent.mkdir()
-    with open(ours, "wb") as out:
-        for chunk in fetch_rdb(env.redis):
-            out.write(chunk)
-    assert ours.read_bytes()[:5] == b"REDIS"
-    client = redis.Redis.from_url(env.redis.url.get_secret_value())
-    db = int(client.connection_pool.connection_kwargs.get("db", 0))
-    sessions = {k for k in client.scan_iter(match="session:*", count=1000)}
-    assert sessions
-    counts = rdb_keyspace(ours)
-    assert counts.get(db, 0) >= len(sessions)
-    # the legacy SYNC path (no REPLCONF rdb-only) gives a loadable RDB too
-    legacy = tmp_path / "legacy" / "dump.rdb"
-    legacy.parent.mkdir()
-    legacy.write_bytes(b"".join(fetch_rdb(env.redis, rdb_only=False)))
-    assert rdb_keyspace(legacy).get(db, 0) >= len(sessions)
-
-
-def test_fetch_rdb_diskless_and_bgsave_timeout(tmp_path: Path) -> None:
-    """On a throwaway server: the diskless ($EOF:<mark>) transfer, and a BGSAVE too slow for its timeout."""
-    with rdb_server(tmp_path / "none.rdb") as url:
-        client = redis.Redis.from_url(url)
-        client.mset({f"key:{i}": "x" * 100 for i in range(300)})
-        client.config_set("repl-diskless-sync", "yes")
-        client.config_set("repl-diskless-sync-delay", "0")
-        rdb = tmp_path / "diskless" / "dump.rdb"
-        rdb.parent.mkdir()
-        rdb.write_bytes(b"".join(fetch_rdb(RedisDatabase(url=f"{url}/0"), diskless=True)))
-        assert rdb_keyspace(rdb) == {0: 300}
-
-        client.config_set("rdb-key-save-delay", "100000")  # 0.1 s per key: a 30 s BGSAVE
-        with pytest.raises(BgsaveTimeoutError, match="did not finish within 1s"):
-            asyncio.run(bgsave.fn(RedisDatabase(url=f"{url}/0"), timeout_s=1, poll_interval_s=0.1))
-        client.close()
-
-
-def test_bgsave_during_a_diskless_sync_waits_for_it_then_saves(tmp_path: Path) -> None:
-    """A replica's diskless sync never moves LASTSAVE: BGSAVE must not wait on LASTSAVE behind it (it hung)."""
-    with rdb_server(tmp_path / "none.rdb") as url:
-        client = redis.Redis.from_url(url)
-        client.mset({f"key:{i}": "x" * 100 for i in range(300)})
-        client.config_set("repl-diskless-sync", "yes")
-        client.config_set("repl-diskless-sync-delay", "0")
-        client.config_set("rdb-key-save-delay", "5000")  # 5 ms per key: each save takes about 1.5 s
-        before = client.lastsave()
-        sync = threading.Thread(target=lambda: b"".join(fetch_rdb(RedisDatabase(url=f"{url}/0"), diskless=True)))
-        sync.start()
-        for _ in range(100):
-            if int(client.info("persistence")["rdb_bgsave_in_progress"]):
-                break
-            time.sleep(0.02)
-        saved = asyncio.run(bgsave.fn(RedisDatabase(url=f"{url}/0"), timeout_s=30, poll_interval_s=0.1))
-        sync.join(timeout=30)
-        assert saved.lastsave > before and saved.status == "ok"
-        client.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
