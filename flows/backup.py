@@ -8,8 +8,8 @@
 3. when it completed, apply retention (``backup-retention``, a subflow).
 """
 
-# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
-# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
+from __future__ import annotations
+
 from pathlib import Path
 from typing import Annotated, Literal
 

@@ -6,8 +6,8 @@ no recent completed backup is a Slack alert and a PagerDuty incident (dedup key 
 a re-fire is the same incident).
 """
 
-# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
-# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
+from __future__ import annotations
+
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 

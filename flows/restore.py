@@ -11,8 +11,8 @@
 Dry run by default everywhere but the sandbox: it stops after step 2 and says what it would do.
 """
 
-# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
-# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
+from __future__ import annotations
+
 import tempfile
 import time
 from datetime import UTC, datetime

@@ -12,8 +12,8 @@
    database dropped.
 """
 
-# No ``from __future__ import annotations`` here: the flows are wrapped by ``redact_errors``, and Prefect resolves
-# string annotations of a flow's parameters in the wrapper's module, not this one; real annotations need no lookup.
+from __future__ import annotations
+
 import tempfile
 import time
 from pathlib import Path

@@ -228,7 +228,7 @@ def redact_errors(fn: F) -> F:
                     raise
                 raise clean from None
 
-        return async_wrapper  # type: ignore[return-value]
+        return _with_resolved_signature(async_wrapper, fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -241,7 +241,20 @@ def redact_errors(fn: F) -> F:
                 raise
             raise clean from None
 
-    return wrapper  # type: ignore[return-value]
+    return _with_resolved_signature(wrapper, fn)
+
+
+def _with_resolved_signature(wrapper: Any, fn: Callable[..., Any]) -> Any:
+    """Give the wrapper ``fn``'s signature with its annotations evaluated in ``fn``'s module.
+
+    Prefect builds a flow's parameter model from the signature; with ``from __future__ import annotations`` the
+    annotations are strings, which it would otherwise resolve in this module, not in the flow's.
+    """
+    try:
+        wrapper.__signature__ = inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError):  # a forward reference not defined yet: leave the strings to Prefect
+        wrapper.__signature__ = inspect.signature(fn)
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------------ logging

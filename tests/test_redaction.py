@@ -102,7 +102,7 @@ async def test_secret_raised_inside_a_flow_leaves_no_trace(sandbox: Sandbox, rec
                     occurred=EventOccurredFilter(since=started),
                     any_resource=EventAnyResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
                 ),
-                limit=200,
+                limit=50,
             )
             events = [e.model_dump_json() for e in page.events]
             if any("runbooks.test.failed" in e for e in events) and any("Failed" in e for e in events):
