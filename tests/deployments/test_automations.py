@@ -29,6 +29,8 @@ from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
 from tests.flows.test_backup import NO_RETENTION
 
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
 
 @pytest.fixture(scope="module")
 async def missing_deployment() -> UUID:

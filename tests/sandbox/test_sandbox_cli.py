@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,11 @@ def _wait_for_run(
 
 
 @pytest.mark.slow
-def test_up_status_run_down(tmp_path: Path) -> None:
+def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) -> None:
     import redis
 
-    # its own Redis database: the session-wide sandbox fixture keeps its data in db 13 while this test runs
-    session_redis = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-    settings = make_settings(tmp_path / "home", redis_url=session_redis.rsplit("/", 1)[0] + "/11")
+    # a Redis database of its own: the session-wide sandbox fixture may keep its data in the run's main one
+    settings = make_settings(tmp_path / "home", redis_databases())
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "RUNBOOKS_"))}
     for field in (
         "home",
@@ -158,7 +158,6 @@ def test_up_status_run_down(tmp_path: Path) -> None:
             check=False,
         )
 
-    redis.Redis.from_url(settings.redis_url).flushdb()
     pids: list[int] = []
     try:
         up = runbooks("sandbox", "up")
@@ -215,7 +214,8 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         down = runbooks("sandbox", "down")
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)
         drop_database(settings.postgres_admin_dsn, f"{settings.postgres_db}_prefect")  # the Prefect server's
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        with redis.Redis.from_url(settings.redis_url) as client:
+            client.flushdb()
     assert down.returncode == 0, down.stderr
     assert not any(processes.is_alive(pid) for pid in pids)
     assert _processes_holding(settings.home) == []

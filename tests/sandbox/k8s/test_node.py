@@ -46,11 +46,6 @@ T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
-def prefect_harness() -> None:
-    """No Prefect here (overrides the session harness of conftest)."""
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesComponent]:
     """A control plane and the node agent. The production objects are seeded and tested elsewhere; this module
     needs only the plumbing (RBAC, the metrics APIService), so the production seeding is skipped."""
