@@ -29,6 +29,7 @@ os.environ.pop("KUBECONFIG", None)
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.kubernetes import KubernetesCluster  # noqa: E402
+from blocks.redis import RedisDatabase  # noqa: E402
 from sandbox.components import port_free  # noqa: E402
 from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
@@ -159,6 +160,23 @@ def redis_url(redis_databases: Callable[[], str]) -> Iterator[str]:
         yield pinned.pin(explicit)
     finally:
         pinned.release_all()
+
+
+@pytest.fixture(scope="session")
+def spare_redis_url(redis_databases: Callable[[], str]) -> str:
+    """A second Redis database of this run's, beside the sandbox's (a restore target, a generator's scratch)."""
+    return redis_databases()
+
+
+@pytest.fixture()
+def spare_redis(spare_redis_url: str) -> Iterator[RedisDatabase]:
+    """``spare_redis_url`` as a block, empty before and after the test."""
+    import redis
+
+    with redis.Redis.from_url(spare_redis_url) as client:
+        client.flushdb()
+        yield RedisDatabase(url=spare_redis_url)  # type: ignore[arg-type]
+        client.flushdb()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -109,22 +109,6 @@ def pg_proxy(sandbox: Sandbox) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture(scope="module")
-def second_redis_url(redis_databases: Callable[[], str]) -> str:
-    """A second Redis database leased to this run (the environment's own is the sandbox's)."""
-    return redis_databases()
-
-
-@pytest.fixture()
-def redis_target(second_redis_url: str) -> Iterator[RedisDatabase]:
-    target = RedisDatabase(url=second_redis_url)  # type: ignore[arg-type]
-    client = redis.Redis.from_url(target.url.get_secret_value())
-    client.flushdb()
-    yield target
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture(scope="module")
 async def completed_backup(env: RunbookEnvironment) -> AsyncIterator[Any]:
     """One full daily backup of the sandbox, shared by the read-only checks."""
     since = datetime.now(UTC) - timedelta(seconds=5)
@@ -181,17 +165,17 @@ async def test_manifest_lists_every_object_with_its_sha256(
 
 
 async def test_rdb_restores_the_same_keys_into_another_db(
-    completed_backup: Any, env: RunbookEnvironment, redis_target: RedisDatabase, tmp_path: Path
+    completed_backup: Any, env: RunbookEnvironment, spare_redis: RedisDatabase, tmp_path: Path
 ) -> None:
     report, _ = completed_backup
     manifest = await read_manifest(env.backups, report.prefix)
     assert manifest is not None and manifest.redis is not None
     [rdb_object] = manifest.objects_of("redis")
     rdb = download_verified(env.backups, rdb_object, tmp_path / "dump.rdb")
-    copied = copy_rdb_keys(rdb, redis_target, source_db=manifest.redis.db)
+    copied = copy_rdb_keys(rdb, spare_redis, source_db=manifest.redis.db)
     assert copied > 0
     live = redis.Redis.from_url(env.redis.url.get_secret_value())
-    restored = redis.Redis.from_url(redis_target.url.get_secret_value())
+    restored = redis.Redis.from_url(spare_redis.url.get_secret_value())
     for pattern in ("session:*", "cache:model:*"):  # long-lived keys (rate-limit counters may expire meanwhile)
         want = set(live.scan_iter(match=pattern, count=1000))
         assert want and set(restored.scan_iter(match=pattern, count=1000)) == want
