@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -56,15 +58,16 @@ class _Gateway:
             env={
                 **env,
                 "RUNBOOKS_GATEWAY_TOKEN": self.token,
-                "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),
+                "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),  # = self.db_path
                 "RUNBOOKS_GATEWAY_PREFECT_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
                 "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "1",
             },
         )
-        for _ in range(100):
-            if port_open("127.0.0.1", self.port):
-                break
-            time.sleep(0.2)
+        self.db_path = tmp_path / "gateway.sqlite3"
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", self.port):
+            assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()[-3000:]
+            time.sleep(0.1)
 
     def send(self, status: str, fingerprints: list[str]) -> list[str]:
         """One Alertmanager webhook per alert of ``ALERT_NAMES``; the incident ids the gateway answers."""
@@ -93,6 +96,18 @@ class _Gateway:
 
     def pending(self) -> int:
         return int(httpx.get(f"http://127.0.0.1:{self.port}/healthz").json().get("pending_events") or 0)
+
+    def refused(self, events: int, timeout_s: float = 20) -> None:
+        """Until ``events`` outbox events have each been tried and refused (Prefect is down), kept undelivered."""
+        query = "SELECT count(*) FROM outbox WHERE attempts > 0 AND delivered_at IS NULL"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.closing(sqlite3.connect(self.db_path)) as db:
+                tried = int(db.execute(query).fetchone()[0])
+            if tried >= events:
+                return
+            assert time.monotonic() < deadline, f"{tried} of {events} events tried within {timeout_s:.0f}s"
+            time.sleep(0.1)
 
     def drained(self) -> None:
         for _ in range(120):  # delivered from the outbox once Prefect answers
@@ -193,7 +208,7 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
             assert down.returncode == 0, down.stderr
             assert not port_open("127.0.0.1", settings.prefect_port)
             incident_ids = gateway.send("firing", fingerprints)
-            time.sleep(2)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
+            gateway.refused(3)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
             assert gateway.pending() == 3
             up = runbooks("sandbox", "up", "--only", "prefect")
             assert up.returncode == 0, up.stderr[-3000:]
