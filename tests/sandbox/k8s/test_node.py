@@ -113,11 +113,13 @@ async def wait_for(check: Callable[[], Awaitable[T | None]], timeout_s: float, w
     raise AssertionError(f"{what} not within {timeout_s:.0f}s (last error: {last})")
 
 
-def _deployment(name: str, image: str, replicas: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def _deployment(
+    name: str, image: str, replicas: int, annotations: dict[str, str] | None = None, namespace: str = NS
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "replicas": replicas,
             "progressDeadlineSeconds": 15,
@@ -140,8 +142,8 @@ def _deployment(name: str, image: str, replicas: int, annotations: dict[str, str
     }
 
 
-async def _pods(core: client.CoreV1Api, app: str) -> list[Any]:
-    return list((await core.list_namespaced_pod(NS, label_selector=f"app={app}")).items)
+async def _pods(core: client.CoreV1Api, app: str, namespace: str = NS) -> list[Any]:
+    return list((await core.list_namespaced_pod(namespace, label_selector=f"app={app}")).items)
 
 
 def _ready(pod: Any) -> bool:
@@ -315,6 +317,7 @@ async def test_metrics_through_the_aggregator(workload: client.ApiClient) -> Non
 
     async def pod_metrics() -> dict[str, Any] | None:
         found = await custom.list_namespaced_custom_object("metrics.k8s.io", "v1beta1", NS, "pods")
+        found["items"] = [i for i in found["items"] if i["metadata"]["name"].startswith("api-")]  # other tests' apps
         return found if len(found["items"]) >= 2 else None
 
     metrics = await wait_for(pod_metrics, 60, "metrics.k8s.io through the API server")
@@ -333,17 +336,27 @@ async def test_metrics_through_the_aggregator(workload: client.ApiClient) -> Non
 
 
 async def test_usage_rules_and_stats_summary(workload: client.ApiClient) -> None:
+    """On a Deployment of its own (``burner``), so the grown memory never shows in another test's metrics."""
     core, custom = client.CoreV1Api(workload), client.CustomObjectsApi(workload)
-    await _set_rules(core, {**BASE_RULES, "cpu_millicores": {"api": 900}, "memory_growth_mib_per_min": {"api": 600}})
+    apps = client.AppsV1Api(workload)
+    await _set_rules(
+        core, {**BASE_RULES, "cpu_millicores": {"burner": 900}, "memory_growth_mib_per_min": {"burner": 600}}
+    )
+    await apps.create_namespaced_deployment(NS, _deployment("burner", API_IMAGE, 2))
+    await wait_for(lambda: _available(apps, "burner"), 30, "Deployment burner available")
 
     async def usage() -> dict[str, tuple[float, float]]:
         items = (await custom.list_namespaced_custom_object("metrics.k8s.io", "v1beta1", NS, "pods"))["items"]
-        cpu_mem = [(item["metadata"]["name"], item["containers"][0]["usage"]) for item in items]
+        cpu_mem = [
+            (i["metadata"]["name"], i["containers"][0]["usage"])
+            for i in items
+            if i["metadata"]["name"].startswith("burner-")
+        ]
         return {name: (int(u["cpu"][:-1]) / 1e6, int(u["memory"][:-2]) / 1024) for name, u in cpu_mem}
 
     async def burning() -> dict[str, tuple[float, float]] | None:
         found = await usage()
-        return found if all(850 < cpu < 950 for cpu, _ in found.values()) else None
+        return found if len(found) == 2 and all(850 < cpu < 950 for cpu, _ in found.values()) else None
 
     before = await wait_for(burning, 20, "cpu_millicores applied")
 
@@ -359,6 +372,7 @@ async def test_usage_rules_and_stats_summary(workload: client.ApiClient) -> None
     assert summary["node"]["nodeName"] == NODE_NAME and summary["node"]["cpu"]["usageNanoCores"] > 0
     ours = [p for p in summary["pods"] if p["podRef"]["namespace"] == NS]
     assert ours and all(p["containers"][0]["memory"]["workingSetBytes"] > 0 for p in ours)
+    await apps.delete_namespaced_deployment("burner", NS)
 
 
 async def test_kubelet_api_requires_a_cluster_client_certificate(cluster: KubernetesComponent) -> None:
@@ -451,22 +465,32 @@ async def _ready_pod(core: client.CoreV1Api, pod: Any) -> Any:
     return fresh if _ready(fresh) else None
 
 
-async def test_annotation_crashloop_and_namespace_deletion(workload: client.ApiClient) -> None:
-    core = client.CoreV1Api(workload)
-    pod = (await _pods(core, "api"))[0]
+async def test_annotation_crashloop_and_namespace_deletion(api: client.ApiClient) -> None:
+    """In a namespace of its own: deleting it takes nothing from the other tests."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    namespace = f"{NS}-deleted"
+    await _set_rules(core, BASE_RULES)
+    await core.create_namespace({"metadata": {"name": namespace}})
+    await apps.create_namespaced_deployment(namespace, _deployment("api", API_IMAGE, 1, namespace=namespace))
+
+    async def running() -> Any:
+        pods = await _pods(core, "api", namespace)
+        return pods[0] if pods and pods[0].status.phase == "Running" else None
+
+    pod = await wait_for(running, 30, f"a running pod in {namespace}")
     await core.patch_namespaced_pod(
-        pod.metadata.name, NS, {"metadata": {"annotations": {BEHAVIOUR_ANNOTATION: "crashloop"}}}
+        pod.metadata.name, namespace, {"metadata": {"annotations": {BEHAVIOUR_ANNOTATION: "crashloop"}}}
     )
 
     async def crashing() -> bool:
-        fresh = await core.read_namespaced_pod(pod.metadata.name, NS)
+        fresh = await core.read_namespaced_pod(pod.metadata.name, namespace)
         return fresh.status.container_statuses[0].state.waiting is not None
 
     await wait_for(crashing, 10, "the annotated pod crash looping")
-    await core.delete_namespace(NS)
+    await core.delete_namespace(namespace)
 
     async def gone() -> bool:
-        return not (await core.list_namespaced_pod(NS)).items
+        return not (await core.list_namespaced_pod(namespace)).items
 
     await wait_for(gone, 30, "every pod of the deleted namespace gone")
 
@@ -476,14 +500,24 @@ async def test_node_stays_ready(api: client.ApiClient) -> None:
     and lease renewed all along. Polled: a NotReady or tainted node fails at once, and the test waits only for
     what the other tests have not already spent of the grace period (usually nothing)."""
     core, coordination = client.CoreV1Api(api), client.CoordinationV1Api(api)
-    created = (await core.read_node(NODE_NAME)).metadata.creation_timestamp.timestamp()
+
+    def node_taints(node: Any) -> list[Any]:
+        return [t for t in node.spec.taints or [] if t.key.startswith("node.kubernetes.io/")]
+
+    async def settled() -> Any:  # a node starts out tainted not-ready until the controller first sees it Ready
+        node = await core.read_node(NODE_NAME)
+        ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+        return node if ready is not None and ready.status == "True" and not node_taints(node) else None
+
+    node = await wait_for(settled, 30, "node registered, Ready and untainted")
+    created = node.metadata.creation_timestamp.timestamp()
     renewals: set[float] = set()
     while True:
         node = await core.read_node(NODE_NAME)
         ready = next(c for c in node.status.conditions if c.type == "Ready")
         assert ready.status == "True", f"the node went {ready.status}: {ready.reason} {ready.message}"
         assert time.time() - ready.last_heartbeat_time.timestamp() < 25
-        assert not [t for t in node.spec.taints or [] if t.key.startswith("node.kubernetes.io/")], node.spec.taints
+        assert not node_taints(node), node.spec.taints
         lease = await coordination.read_namespaced_lease(NODE_NAME, "kube-node-lease")
         assert time.time() - lease.spec.renew_time.timestamp() < 25
         renewals.add(lease.spec.renew_time.timestamp())
@@ -495,5 +529,8 @@ async def test_node_stays_ready(api: client.ApiClient) -> None:
 def test_agent_log_is_clean(cluster: KubernetesComponent) -> None:
     """The agent logs to the component's log file and reports no failures."""
     log = Path(cluster.settings.home) / "logs" / "k8s-node.log"
-    text = log.read_text()
-    assert "registered node" in text and "Traceback" not in text
+    deadline = time.monotonic() + 20
+    while "registered node" not in (text := log.read_text()):  # the agent may still be starting
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.2)
+    assert "Traceback" not in text
