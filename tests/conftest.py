@@ -66,6 +66,14 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+def loopback_cidr() -> str:
+    """A /16 of 127.0.0.0/8 for a cluster's service range (the node agent listens on an address in it, on a
+    ``free_port``, which is checked on 127.0.0.1 only): random in 127.100-199, never a developer sandbox's
+    127.64 or the pods' 127.65, so two runs' agents do not meet on one address. (tests/sandbox/k8s only so far:
+    the session sandbox keeps the default range.)"""
+    return f"127.{random.SystemRandom().randrange(100, 200)}.0.0/16"
+
+
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 REDIS_SERVER = os.environ.get("RUNBOOKS_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
 LEASE_PREFIX = "runbooks:test-db:"

@@ -35,7 +35,7 @@ from sandbox.k8s.behaviour import (
 )
 from sandbox.k8s.controlplane import NODE_NAME, KubernetesComponent
 from sandbox.k8s.logs import LogQuery, render
-from tests.conftest import free_port
+from tests.conftest import free_port, loopback_cidr
 
 NS = "node-test"
 API_IMAGE = "ghcr.io/genspark/ai-multimodel-api:v2.3.0"
@@ -55,7 +55,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubernetesComp
         k8s_etcd_port=free_port(span=12),
         k8s_kubelet_port=free_port(),
         k8s_metrics_port=free_port(),
-        k8s_service_cidr="127.67.0.0/16",
+        k8s_service_cidr=loopback_cidr(),
     )
     component = KubernetesComponent(settings, SandboxState(settings.home))
     with pytest.MonkeyPatch.context() as mp:
