@@ -2,7 +2,13 @@
 
 The services are the sandbox's own components (the production code of ``runbooks sandbox up``) run from a
 temporary home, on free ports, with a scratch PostgreSQL database and a Redis database index of their own,
-so the suite never touches a developer's running sandbox.
+so the suite never touches a developer's running sandbox, and two runs of the suite on one machine share
+nothing: every Redis database index is leased (``redis_databases``), every PostgreSQL database and S3 home is
+named after the run, every port comes from ``free_port``.
+
+The Prefect harness (a server in a subprocess) starts only for the tests that ask for it (``prefect_harness``,
+or the ``sandbox`` fixture); ephemeral servers are disabled, so a test that talks to Prefect without asking for
+the harness fails at once instead of starting a server of its own.
 """
 
 from __future__ import annotations
@@ -10,18 +16,20 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["PREFECT_SERVER_EPHEMERAL_ENABLED"] = "false"  # only the harness starts a server, and only on request
 # the suite runs against the sandbox's own cluster, never a cluster the developer's KUBECONFIG points at
 os.environ.pop("KUBECONFIG", None)
 
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.kubernetes import KubernetesCluster  # noqa: E402
+from blocks.redis import RedisDatabase  # noqa: E402
 from sandbox.components import port_free  # noqa: E402
 from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
@@ -58,13 +66,138 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
-@pytest.fixture(scope="session", autouse=True)
+def loopback_cidr() -> str:
+    """A /16 of 127.0.0.0/8 for a cluster's service range (the node agent listens on an address in it, on a
+    ``free_port``, which is checked on 127.0.0.1 only): random in 127.100-199, never a developer sandbox's
+    127.64 or the pods' 127.65, so two runs' agents do not meet on one address. (tests/sandbox/k8s only so far:
+    the session sandbox keeps the default range.)"""
+    return f"127.{random.SystemRandom().randrange(100, 200)}.0.0/16"
+
+
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+REDIS_SERVER = os.environ.get("RUNBOOKS_TEST_REDIS_SERVER", "redis://127.0.0.1:6379")
+LEASE_PREFIX = "runbooks:test-db:"
+LEASE_TTL_S = 7200
+_RELEASE = """if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"""
+
+
+class RedisDatabases:
+    """Redis database indexes leased to this run of the suite, so concurrent runs on one machine never share one.
+
+    A lease is ``runbooks:test-db:<n> = <run id>`` in database 0, taken with ``SET NX EX`` (two runs cannot both
+    win it) and expiring on its own if a run dies without releasing it. An index is claimed only when nobody
+    holds its lease and it holds no keys (a run of an older suite, or a person, may be using it without a lease).
+    Every database handed out is flushed when claimed and when released; nothing else is ever flushed.
+    """
+
+    def __init__(self, server: str = REDIS_SERVER, run_id: str = RUN_ID) -> None:
+        import redis
+
+        self.server = server.rstrip("/")
+        self.run_id = run_id
+        self._leases = redis.Redis.from_url(f"{self.server}/0")
+        self._held: list[int] = []
+        self._pinned: set[int] = set()
+
+    def url(self, index: int) -> str:
+        return f"{self.server}/{index}"
+
+    def claim(self) -> str:
+        """The URL of a database no other run uses, leased until ``release_all``."""
+        import redis
+
+        for index in range(1, 16):
+            if index in self._held:
+                continue
+            with redis.Redis.from_url(self.url(index)) as client:
+                if client.dbsize():
+                    continue
+                if not self._leases.set(f"{LEASE_PREFIX}{index}", self.run_id, nx=True, ex=LEASE_TTL_S):
+                    continue
+                client.flushdb()  # empty a moment ago; whatever landed since is nobody's but ours
+            self._held.append(index)
+            return self.url(index)
+        raise RuntimeError(
+            f"no free Redis database on {self.server}: indexes 1-15 are all leased or hold keys "
+            f"(leases: {LEASE_PREFIX}<n> in db 0; set RUNBOOKS_TEST_REDIS_URL to name one)"
+        )
+
+    def pin(self, url: str) -> str:
+        """Honour an explicit database (``RUNBOOKS_TEST_REDIS_URL``): lease it too, so no other run claims it."""
+        index = int(url.rstrip("/").rsplit("/", 1)[1] or 0)
+        holder = self._leases.get(f"{LEASE_PREFIX}{index}")
+        if holder is not None and holder.decode() != self.run_id:
+            raise RuntimeError(f"Redis database {index} ({url}) is leased by another test run ({holder.decode()})")
+        self._leases.set(f"{LEASE_PREFIX}{index}", self.run_id, ex=LEASE_TTL_S)
+        self._held.append(index)
+        self._pinned.add(index)
+        return url
+
+    def release_all(self) -> None:
+        import redis
+
+        for index in reversed(self._held):
+            if index not in self._pinned:
+                with redis.Redis.from_url(self.url(index)) as client:
+                    client.flushdb()
+            self._leases.eval(_RELEASE, 1, f"{LEASE_PREFIX}{index}", self.run_id)
+        self._held.clear()
+        self._leases.close()
+
+
+@pytest.fixture(scope="session")
+def redis_databases() -> Iterator[Callable[[], str]]:
+    """Factory of Redis database URLs leased to this run (flushed on claim and at the end of the session)."""
+    databases = RedisDatabases()
+    try:
+        yield databases.claim
+    finally:
+        databases.release_all()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_databases: Callable[[], str]) -> Iterator[str]:
+    """This run's main Redis database: ``RUNBOOKS_TEST_REDIS_URL`` if set (leased, never claimed from the pool),
+    else one claimed from the pool. The sandbox fixture keeps its data there."""
+    explicit = os.environ.get("RUNBOOKS_TEST_REDIS_URL")
+    if not explicit:
+        yield redis_databases()
+        return
+    pinned = RedisDatabases()
+    try:
+        yield pinned.pin(explicit)
+    finally:
+        pinned.release_all()
+
+
+@pytest.fixture(scope="session")
+def spare_redis_url(redis_databases: Callable[[], str]) -> str:
+    """A second Redis database of this run's, beside the sandbox's (a restore target, a generator's scratch)."""
+    return redis_databases()
+
+
+@pytest.fixture()
+def spare_redis(spare_redis_url: str) -> Iterator[RedisDatabase]:
+    """``spare_redis_url`` as a block, empty before and after the test."""
+    import redis
+
+    with redis.Redis.from_url(spare_redis_url) as client:
+        client.flushdb()
+        yield RedisDatabase(url=spare_redis_url)  # type: ignore[arg-type]
+        client.flushdb()
+
+
+@pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
+    """A Prefect server (in a subprocess, on SQLite) for the session: request it where a test runs flows or
+    tasks, or saves or loads blocks (``pytestmark = pytest.mark.usefixtures("prefect_harness")``)."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
-def make_settings(home: Path, **overrides: object) -> SandboxSettings:
+def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSettings:
+    """Sandbox settings private to this run: ``redis_url`` from ``redis_databases``/``redis_url``, a uniquely
+    named PostgreSQL database, every port from ``free_port``, the S3 double's data under ``home``."""
     values: dict[str, object] = {
         "home": home,
         "environment": TEST_ENVIRONMENT,
@@ -73,7 +206,7 @@ def make_settings(home: Path, **overrides: object) -> SandboxSettings:
         ),
         "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
         "postgres_size": "3MB",
-        "redis_url": os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13"),
+        "redis_url": redis_url,
         "redis_size": "1MB",
         "redis_port": free_port(),
         "s3_port": free_port(),
@@ -98,7 +231,7 @@ def drop_database(admin_dsn: str, dbname: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Sandbox]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, redis_url: str) -> Iterator[Sandbox]:
     """The sandbox's services (not its Prefect server: the harness stands in), blocks saved as ``sandbox-test``."""
     import asyncio
 
@@ -106,9 +239,10 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
 
     from sandbox.blocks import apply_blocks
 
-    settings = make_settings(tmp_path_factory.mktemp("sandbox"))
+    settings = make_settings(tmp_path_factory.mktemp("sandbox"), redis_url)
     box = Sandbox(settings)
-    redis.Redis.from_url(settings.redis_url).flushdb()
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.flushdb()
     try:
         box.up(SERVICES)
         asyncio.run(apply_blocks(settings, box.state))
@@ -116,7 +250,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> 
     finally:
         box.down(SERVICES)
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        with redis.Redis.from_url(settings.redis_url) as client:
+            client.flushdb()
 
 
 @pytest.fixture()

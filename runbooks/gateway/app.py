@@ -41,6 +41,10 @@ class GatewaySettings(BaseSettings):
     prefect_api_url: str = "http://127.0.0.1:4200/api"
     delivery_interval_s: float = 0.5
     max_backoff_s: float = 30.0
+    # gc.freeze() once started: what start-up made lives as long as the process, so keep it out of every later
+    # GC pass. Process-wide, so only for a process that is the gateway (``runbooks gateway serve``); an app built
+    # inside another process (tests, an embedding server) sets it off.
+    freeze_gc: bool = True
 
 
 class Accepted(BaseModel):
@@ -220,8 +224,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         committer.start()
         delivery = asyncio.create_task(deliverer.run())
-        gc.collect()
-        gc.freeze()  # what start-up made lives as long as the process: keep it out of every later GC pass
+        if settings.freeze_gc:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:

@@ -6,10 +6,11 @@ does not. Then the backup-missing flow itself against the sandbox's receivers.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +29,8 @@ from flows.backup_alerts import backup_missing
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
 from tests.flows.test_backup import NO_RETENTION
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture(scope="module")
@@ -91,22 +94,34 @@ async def test_proactive_trigger_fires_only_when_backups_stop(missing_deployment
             resource={"prefect.resource.id": f"runbooks.backup.{environment}", "runbooks.backup.kind": "daily"},
         )
 
+    async def feed() -> None:  # every 2 s, well inside the window: the fed environment is never missing
+        while True:
+            await completed(fed)
+            await asyncio.sleep(2)
+
+    async def runs(environment: str, at_least: int) -> list[Any]:
+        """Runs of backup-missing for ``environment`` once there are ``at_least`` of them (polled, 90 s)."""
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = await _runs_for(missing_deployment, environment)
+            if len(found) >= at_least:
+                return found
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"the proactive trigger fired fewer than {at_least} times for {environment}")
+
     # the server evaluates proactive triggers every 5 s: a 10 s window without an event fires within ~20 s
-    deadline = time.monotonic() + 90
-    fired: list[Any] = []
-    while time.monotonic() < deadline:
-        await completed(fed)  # every 2 s, well inside the window: never missing
-        fired = await _runs_for(missing_deployment, silent)
-        if fired:
-            break
-        await asyncio.sleep(2)
-    assert fired, "the proactive trigger never fired for an environment without backups"
-    assert fired[0].parameters == {"environment": silent, "window_hours": round(10 / 3600, 4)}
-    # a few more windows of the fed environment: still nothing for it
-    for _ in range(8):
-        await completed(fed)
-        await asyncio.sleep(2)
-    assert await _runs_for(missing_deployment, fed) == []
+    feeder = asyncio.create_task(feed())
+    try:
+        fired = await runs(silent, 1)
+        assert fired[0].parameters == {"environment": silent, "window_hours": round(10 / 3600, 4)}
+        # it fires again one window later (a new window opens at each evaluation): by then the fed environment's
+        # windows have been evaluated as often as the silent one's, and never fired
+        await runs(silent, 2)
+        assert await _runs_for(missing_deployment, fed) == []
+    finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
 
 
 async def test_backup_missing_alerts_slack_and_pagerduty(sandbox: Sandbox, receivers_url: str) -> None:
@@ -114,7 +129,11 @@ async def test_backup_missing_alerts_slack_and_pagerduty(sandbox: Sandbox, recei
     # a backup completed seconds ago: the event was lost, the bucket is fine -> a Slack warning, no page
     report = await backup_missing(environment=TEST_ENVIRONMENT, window_hours=1)
     assert report.verdict == "event-missing" and report.notified == ["slack"]
-    await asyncio.sleep(1.5)
+    assert report.newest_completed_at is not None
+    deadline = time.monotonic() + 10
+    while datetime.now(UTC) - report.newest_completed_at <= timedelta(seconds=1.1):  # until it is out of a 1 s window
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     # nothing within the window (1 s): Slack and PagerDuty, deduplicated per environment
     httpx.delete(f"{receivers_url}/_received").raise_for_status()
     report = await backup_missing(environment=TEST_ENVIRONMENT, window_hours=1 / 3600)

@@ -108,18 +108,6 @@ def pg_proxy(sandbox: Sandbox) -> Iterator[FaultProxy]:
     proxy.kill()
 
 
-@pytest.fixture()
-def redis_db12(env: RunbookEnvironment) -> Iterator[RedisDatabase]:
-    url = env.redis.url.get_secret_value()
-    base, _, _db = url.rpartition("/")
-    target = RedisDatabase(url=f"{base}/12")
-    client = redis.Redis.from_url(target.url.get_secret_value())
-    client.flushdb()
-    yield target
-    client.flushdb()
-    client.close()
-
-
 @pytest.fixture(scope="module")
 async def completed_backup(env: RunbookEnvironment) -> AsyncIterator[Any]:
     """One full daily backup of the sandbox, shared by the read-only checks."""
@@ -177,17 +165,17 @@ async def test_manifest_lists_every_object_with_its_sha256(
 
 
 async def test_rdb_restores_the_same_keys_into_another_db(
-    completed_backup: Any, env: RunbookEnvironment, redis_db12: RedisDatabase, tmp_path: Path
+    completed_backup: Any, env: RunbookEnvironment, spare_redis: RedisDatabase, tmp_path: Path
 ) -> None:
     report, _ = completed_backup
     manifest = await read_manifest(env.backups, report.prefix)
     assert manifest is not None and manifest.redis is not None
     [rdb_object] = manifest.objects_of("redis")
     rdb = download_verified(env.backups, rdb_object, tmp_path / "dump.rdb")
-    copied = copy_rdb_keys(rdb, redis_db12, source_db=manifest.redis.db)
+    copied = copy_rdb_keys(rdb, spare_redis, source_db=manifest.redis.db)
     assert copied > 0
     live = redis.Redis.from_url(env.redis.url.get_secret_value())
-    restored = redis.Redis.from_url(redis_db12.url.get_secret_value())
+    restored = redis.Redis.from_url(spare_redis.url.get_secret_value())
     for pattern in ("session:*", "cache:model:*"):  # long-lived keys (rate-limit counters may expire meanwhile)
         want = set(live.scan_iter(match=pattern, count=1000))
         assert want and set(restored.scan_iter(match=pattern, count=1000)) == want

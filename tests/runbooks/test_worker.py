@@ -15,6 +15,8 @@ from prefect.exceptions import InfrastructureNotFound
 from runbooks.worker import IDENTIFIER_PREFIX, WORKER_TYPE, InProcessWorker
 from tests.runbooks.worker_flows import record_pid
 
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
 
 async def test_flow_run_executes_in_the_worker_process(tmp_path: Path) -> None:
     pool = f"test-in-process-{uuid.uuid4().hex[:6]}"

@@ -1,7 +1,7 @@
 """The sandbox data generators against the real PostgreSQL and Redis of this machine.
 
 PostgreSQL: only databases created here (``rb_test_datagen_<random>``), dropped afterwards.
-Redis: only database index 14, flushed before and after.
+Redis: only the run's spare database (``spare_redis_url``, leased to this run), flushed before and after.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from sandbox.datagen import (
 from sandbox.datagen.__main__ import main as cli_main
 
 PG_ADMIN_DSN = os.environ.get("RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = "redis://127.0.0.1:6379/14"  # this suite's Redis database: index 14 only
 
 PG_SIZE = 30 * 1000 * 1000
 REDIS_SIZE = 10 * 1000 * 1000
@@ -94,8 +93,8 @@ def pg_pair(new_database: Callable[[], str]) -> tuple[str, str, dict[str, int], 
 
 
 @pytest.fixture()
-def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_db(spare_redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(spare_redis_url)
     client.ping()  # a missing server fails the tests, never skips them
     client.flushdb()
     try:
@@ -315,14 +314,14 @@ def _snapshot(client: redis.Redis) -> dict[bytes, str]:
     return snap
 
 
-def test_redis_generate(redis_db: redis.Redis) -> None:
+def test_redis_generate(redis_db: redis.Redis, spare_redis_url: str) -> None:
     before = int(redis_db.info("memory")["used_memory"])
-    counts = generate_redis(REDIS_URL, REDIS_SIZE, seed=42)
+    counts = generate_redis(spare_redis_url, REDIS_SIZE, seed=42)
     grown = int(redis_db.info("memory")["used_memory"]) - before
     print(f"target {REDIS_SIZE / 1e6:.1f} MB, used_memory grew {grown / 1e6:.2f} MB, keys {counts}")
     assert 0.7 * REDIS_SIZE <= grown <= 1.3 * REDIS_SIZE
     assert tuple(counts) == KEY_PREFIXES
-    assert key_counts(REDIS_URL) == counts
+    assert key_counts(spare_redis_url) == counts
     assert redis_db.dbsize() == sum(counts.values())
     assert counts["session"] > 0 and counts["cache:model"] > 0 and counts["ratelimit"] > 0
 
@@ -357,23 +356,23 @@ def test_redis_generate(redis_db: redis.Redis) -> None:
         assert fields.get(field), field
 
 
-def test_redis_is_deterministic_and_flush(redis_db: redis.Redis) -> None:
+def test_redis_is_deterministic_and_flush(redis_db: redis.Redis, spare_redis_url: str) -> None:
     size = 3 * 1000 * 1000
-    counts = generate_redis(REDIS_URL, size, seed=5, flush=True)
+    counts = generate_redis(spare_redis_url, size, seed=5, flush=True)
     first = _snapshot(redis_db)
     redis_db.set("unrelated", "x")
-    again = generate_redis(REDIS_URL, size, seed=5, flush=True)  # flush drops "unrelated" too
+    again = generate_redis(spare_redis_url, size, seed=5, flush=True)  # flush drops "unrelated" too
     assert again == counts
     assert _snapshot(redis_db) == first
-    other = generate_redis(REDIS_URL, size, seed=6, flush=True)
+    other = generate_redis(spare_redis_url, size, seed=6, flush=True)
     assert sum(other.values()) > 0
     assert set(_snapshot(redis_db)).isdisjoint(k for k in first if not k.startswith(b"cache:"))
 
 
-def test_cli_redis(redis_db: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["redis", "--url", REDIS_URL, "--size", "2MB", "--flush", "--quiet"]) == 0
+def test_cli_redis(redis_db: redis.Redis, spare_redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["redis", "--url", spare_redis_url, "--size", "2MB", "--flush", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "cache:model" in out and "MB/s" in out
     assert redis_db.dbsize() > 0
     with pytest.raises(SystemExit):
-        cli_main(["redis", "--url", REDIS_URL, "--size", "0"])
+        cli_main(["redis", "--url", spare_redis_url, "--size", "0"])

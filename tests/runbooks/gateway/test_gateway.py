@@ -23,14 +23,20 @@ TOKEN = "gateway-test-token"
 SECRET = "gateway-test-hmac-secret"
 
 
-def gateway_settings(db: Path, prefect_url: str | None = None) -> GatewaySettings:
+NO_PREFECT = "http://127.0.0.1:9/api"  # the discard port: a privileged port nothing of ours can listen on
+
+
+def gateway_settings(db: Path, prefect_url: str = NO_PREFECT) -> GatewaySettings:
+    """The gateway's settings for an app built in this process: no GC freeze, events to ``prefect_url``
+    (the harness's server where a test reads them back, else an address where nothing answers)."""
     return GatewaySettings(
         token=SecretStr(TOKEN),
         hmac_secret=SecretStr(SECRET),
         db_path=db,
-        prefect_api_url=prefect_url or str(PREFECT_API_URL.value()),
+        prefect_api_url=prefect_url,
         delivery_interval_s=0.1,
         max_backoff_s=0.5,
+        freeze_gc=False,
     )
 
 
@@ -149,11 +155,30 @@ async def _events(name: str, incident_ids: set[str]) -> list[dict[str, Any]]:
     ]
 
 
+def _failed_attempts(db: Path) -> int:
+    """Outbox events not delivered after at least one attempt."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        query = "SELECT count(*) FROM outbox WHERE attempts > 0 AND delivered_at IS NULL"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def test_an_app_built_in_process_leaves_the_gc_alone(tmp_path: Path) -> None:
+    import gc
+
+    frozen = gc.get_freeze_count()
+    with serve(create_app(gateway_settings(tmp_path / "gw.sqlite3"))):
+        assert gc.get_freeze_count() == frozen
+    assert GatewaySettings(token=SecretStr(TOKEN)).freeze_gc  # on by default: `runbooks gateway serve`
+
+
+@pytest.mark.usefixtures("prefect_harness")
 async def test_alerts_sent_while_prefect_is_down_are_delivered_after(tmp_path: Path) -> None:
     import asyncio
 
     db = tmp_path / "gw.sqlite3"
-    down = create_app(gateway_settings(db, prefect_url="http://127.0.0.1:9/api"))
+    down = create_app(gateway_settings(db))
     ids = set()
     with serve(down) as url:
         async with httpx.AsyncClient() as client:
@@ -165,9 +190,12 @@ async def test_alerts_sent_while_prefect_is_down_are_delivered_after(tmp_path: P
                 )
                 assert r.status_code == 202
                 ids.add(r.json()["incidents"][0]["incident_id"])
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 20
+        while _failed_attempts(db) < 5 and time.monotonic() < deadline:  # every event tried, and refused
+            await asyncio.sleep(0.05)
+        assert _failed_attempts(db) == 5
         assert down.state.store.pending() == 5  # accepted, kept, not lost
-    up = create_app(gateway_settings(db))  # Prefect is back (and the gateway restarted)
+    up = create_app(gateway_settings(db, str(PREFECT_API_URL.value())))  # Prefect is back (and the gateway restarted)
     with serve(up) as url:
         deadline = time.monotonic() + 20
         while up.state.store.pending() and time.monotonic() < deadline:
