@@ -16,6 +16,7 @@ from blocks.kubernetes import KubernetesCluster
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
+from blocks.prometheus import PrometheusServer
 from blocks.redis import RedisDatabase
 from kernel.errors import ConfigurationError
 
@@ -46,6 +47,9 @@ class RunbookEnvironment(RunbookBlock):
     pagerduty: PagerDutyNotifier | None = None
     opsgenie: OpsgenieNotifier | None = None
     backup_encryption: BackupEncryptionKey | None = None
+    prometheus: PrometheusServer | None = Field(
+        default=None, description="Where the platform's metrics are queried; without it, enrichers read /metrics."
+    )
     api_deployment: str = Field(
         default="ai-multimodel-api",
         description="The platform API's Kubernetes Deployment (also its pods' `app` label): what triage diagnoses, "

@@ -13,12 +13,14 @@ from blocks.kubernetes import KubernetesCluster
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
+from blocks.prometheus import PrometheusServer
 from blocks.redis import RedisDatabase
 
 BLOCK_TYPES: tuple[type[Block], ...] = (
     PlatformAPI,
     PostgresDatabase,
     RedisDatabase,
+    PrometheusServer,
     KubernetesCluster,
     SlackNotifier,
     PagerDutyNotifier,
@@ -54,6 +56,7 @@ async def save_environment(env: RunbookEnvironment, name: str) -> list[str]:
         env.slack,
         env.pagerduty,
         env.opsgenie,
+        env.prometheus,
         env.backup_encryption,
     ]
     for child in children:

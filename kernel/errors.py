@@ -56,6 +56,12 @@ class PlatformAuthError(PlatformAPIError):
         super().__init__(message, status_code=status_code, hint=hint, transient=False)
 
 
+class PrometheusError(RunbookError):
+    """A PromQL query was refused (bad query: 400/422) or Prometheus could not be reached."""
+
+    system = "prometheus"
+
+
 class PostgresError(RunbookError):
     system = "postgres"
 
