@@ -17,6 +17,7 @@ from blocks.environment import RunbookEnvironment
 from tasks import kubernetes as k8s
 from tasks.platform import check_health, fetch_metrics, list_models
 from tasks.postgres import check_postgres
+from tasks.prometheus import query_instant
 from tasks.redis import check_redis
 from tasks.reporting import describe_error
 from tasks.triage.policy import TriagePolicy
@@ -48,18 +49,42 @@ async def enrich_health(env: RunbookEnvironment, policy: TriagePolicy) -> Findin
 
 
 async def enrich_metrics(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
-    m = await fetch_metrics(env.platform)
+    """Error rate and p95 latency: from Prometheus where the environment has one, else from the API's /metrics."""
     limits = policy.thresholds
+    error_rate: float | None = None
+    p95: float | None = None
+    source = "/metrics"
+    by_status: dict[str, float] = {}
+    if env.prometheus is not None:
+        error_rate, p95 = await asyncio.gather(
+            _promql(env, policy.measurements.error_rate), _promql(env, policy.measurements.response_time_p95_s)
+        )
+        source = f"Prometheus ({env.prometheus.url})"
+    if error_rate is None and p95 is None:  # no Prometheus, or it has no data: the service's own figures
+        if env.prometheus is not None:
+            source = f"/metrics (Prometheus at {env.prometheus.url} has no data)"
+        m = await fetch_metrics(env.platform)
+        error_rate, p95, by_status = m.error_rate, m.response_time_p95_s, m.requests_by_status
     return Finding(
         enricher="metrics",
-        ok=limits.error_rate_ok(m.error_rate) and limits.response_time_ok(m.response_time_p95_s),
-        title=f"error rate {m.error_rate}, p95 {m.response_time_p95_s}s",
+        ok=limits.error_rate_ok(error_rate) and limits.response_time_ok(p95),
+        title=f"error rate {_figure(error_rate)}, p95 {_figure(p95, 's')}",
         detail=(
-            f"requests by status {m.requests_by_status} "
-            f"(healthy at most {limits.error_rate} errors, p95 {limits.response_time_p95_s}s)"
+            f"from {source}"
+            + (f"; requests by status {by_status}" if by_status else "")
+            + f" (healthy at most {limits.error_rate} errors, p95 {limits.response_time_p95_s}s)"
         ),
-        facts={"error_rate": m.error_rate, "response_time_p95_s": m.response_time_p95_s},
+        facts={"error_rate": error_rate, "response_time_p95_s": p95, "metrics_source": source},
     )
+
+
+async def _promql(env: RunbookEnvironment, query: str) -> float | None:
+    assert env.prometheus is not None
+    return (await query_instant(env.prometheus, query)).value()
+
+
+def _figure(value: float | None, unit: str = "") -> str:
+    return "no data" if value is None else f"{value:g}{unit}"
 
 
 async def enrich_models(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:

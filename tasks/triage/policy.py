@@ -60,6 +60,16 @@ class Thresholds(BaseModel):
         return value is None or value <= self.response_time_p95_s
 
 
+class Measurements(BaseModel):
+    """How the figures are read from Prometheus, where the environment has one (else from the API's /metrics).
+
+    PromQL, one figure each: the thresholds above are compared with what these return.
+    """
+
+    error_rate: str = 'sum(rate(http_requests_total{status=~"5.."}[2m])) / sum(rate(http_requests_total[2m]))'
+    response_time_p95_s: str = "histogram_quantile(0.95, sum by (le) (rate(http_response_time_seconds_bucket[2m])))"
+
+
 class SeverityRule(BaseModel):
     severity: Severity
     any: list[Condition] = Field(min_length=1)
@@ -99,6 +109,7 @@ class AlertBranch(BaseModel):
 
 class TriagePolicy(BaseModel):
     thresholds: Thresholds
+    measurements: Measurements = Field(default_factory=Measurements)
     severity_rules: list[SeverityRule]
     escalation: dict[Severity, Escalation]
     mitigation: Mitigation

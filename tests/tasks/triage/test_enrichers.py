@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -12,7 +13,8 @@ from kernel.redact import MASK
 from tasks.platform import PlatformMetrics
 from tasks.triage import enrichers
 from tasks.triage.enrichers import Finding, enrich_metrics, facts_of, run_enrichers
-from tasks.triage.policy import TriagePolicy, load_policy
+from tasks.triage.policy import Measurements, TriagePolicy, load_policy
+from tests.prometheus_server import prometheus_scraping_a_service
 
 ENV = cast(RunbookEnvironment, object())  # the enrichers below touch no system
 
@@ -64,7 +66,43 @@ async def test_metrics_are_judged_on_the_policy_thresholds(
         return metrics
 
     monkeypatch.setattr(enrichers, "fetch_metrics", fetch)
-    env = cast(RunbookEnvironment, type("Env", (), {"platform": None})())
+    env = cast(RunbookEnvironment, type("Env", (), {"platform": None, "prometheus": None})())
     finding = await enrich_metrics(env, load_policy())
     assert finding.ok is ok
+    assert finding.facts.pop("metrics_source") == "/metrics"
     assert finding.facts == figures | {k: figures[k] + v for k, v in over.items()}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_metrics_come_from_prometheus_when_the_environment_has_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def no_metrics(platform: Any) -> PlatformMetrics:
+        raise AssertionError("read /metrics although Prometheus has the figures")
+
+    monkeypatch.setattr(enrichers, "fetch_metrics", no_metrics)
+    with prometheus_scraping_a_service(tmp_path) as prometheus:
+        env = cast(RunbookEnvironment, type("Env", (), {"platform": None, "prometheus": prometheus})())
+        finding = await enrich_metrics(env, load_policy())
+    # the service answers 5 % of its requests with a 5xx, and its p95 lies between 0.5 and 1 s
+    assert finding.facts["error_rate"] == pytest.approx(5 / 105, rel=0.02)
+    assert 0.5 < finding.facts["response_time_p95_s"] <= 1.0
+    assert finding.facts["metrics_source"].startswith("Prometheus")
+    assert finding.ok is False  # 5 % is over the policy's 1 %
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_no_data_in_prometheus_falls_back_to_metrics_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async def fetch(platform: Any) -> PlatformMetrics:
+        return PlatformMetrics(error_rate=0.0, response_time_p95_s=0.2)
+
+    monkeypatch.setattr(enrichers, "fetch_metrics", fetch)
+    policy = load_policy()
+    policy.measurements = Measurements(error_rate="sum(rate(nobody_total[1m]))", response_time_p95_s="absent(up)")
+    with prometheus_scraping_a_service(tmp_path) as prometheus:
+        env = cast(RunbookEnvironment, type("Env", (), {"platform": None, "prometheus": prometheus})())
+        finding = await enrich_metrics(env, policy)
+    assert finding.ok and finding.facts["error_rate"] == 0.0
+    assert "has no data" in finding.facts["metrics_source"]
