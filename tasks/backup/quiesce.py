@@ -22,32 +22,32 @@ QuiesceHook = Callable[[RunbookEnvironment, RunLogger], Awaitable[ResumeApi | No
 
 
 async def scale_api_to_zero(env: RunbookEnvironment, logger: RunLogger) -> ResumeApi | None:
-    """The seed's ``kubectl scale deployment ai-multimodel-api --replicas=0``; returns what scales it back to the
-    previous count (and waits for the rollout), run after the restore succeeded."""
+    """The seed's ``kubectl scale deployment ai-multimodel-api --replicas=0`` (the environment's
+    ``api_deployment``); returns what scales it back to the previous count (and waits for the rollout), run after
+    the restore succeeded."""
     from tasks import kubernetes as k8s
 
     if env.kubernetes is None:
         logger.warning("No Kubernetes cluster configured: make sure nothing writes to the database during the restore")
         return None
     cluster = env.kubernetes
-    scaled = await k8s.scale_deployment(cluster, API_DEPLOYMENT, 0)
-    logger.info("scaled %s from %d to 0 replicas", API_DEPLOYMENT, scaled.previous_replicas)
+    api = env.api_deployment
+    scaled = await k8s.scale_deployment(cluster, api, 0)
+    logger.info("scaled %s from %d to 0 replicas", api, scaled.previous_replicas)
     deadline = time.monotonic() + 180
-    while await k8s.list_pods(cluster, label_selector=f"app={API_DEPLOYMENT}"):
+    while await k8s.list_pods(cluster, label_selector=f"app={api}"):
         if time.monotonic() > deadline:
             raise BackupError(
-                f"{API_DEPLOYMENT} pods still running 180 s after scaling to 0",
+                f"{api} pods still running 180 s after scaling to 0",
                 hint="find what keeps them (an HPA?) before restoring",
                 transient=False,
             )
         await asyncio.sleep(1)
 
     async def resume() -> None:
-        await k8s.scale_deployment(cluster, API_DEPLOYMENT, scaled.previous_replicas)
-        await k8s.rollout_status(cluster, API_DEPLOYMENT, timeout_s=300)
-        logger.info("scaled %s back to %d replicas", API_DEPLOYMENT, scaled.previous_replicas)
+        await k8s.scale_deployment(cluster, api, scaled.previous_replicas)
+        await k8s.rollout_status(cluster, api, timeout_s=300)
+        logger.info("scaled %s back to %d replicas", api, scaled.previous_replicas)
 
     return resume
 
-
-API_DEPLOYMENT = "ai-multimodel-api"
