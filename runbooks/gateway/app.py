@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kernel.redact import quote_body
 from runbooks.gateway.models import AlertmanagerWebhook, GenericAlert, GrafanaWebhook, NormalizedAlert
 from runbooks.gateway.store import GatewayStore, Outcome
 
@@ -39,8 +40,16 @@ class GatewaySettings(BaseSettings):
     signature_window_s: float = 300.0
     db_path: Path = Path.home() / ".local" / "state" / "runbooks" / "gateway.sqlite3"
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    # Prefect Cloud's (or an authenticating proxy's) key, sent as ``Authorization: Bearer``; read from PREFECT_API_KEY
+    # (Prefect's own variable, no RUNBOOKS_GATEWAY_ prefix) and never logged
+    prefect_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("prefect_api_key", "PREFECT_API_KEY")
+    )
     delivery_interval_s: float = 0.5
     max_backoff_s: float = 30.0
+    # delivered events are kept this long (to answer "was it sent?"), then pruned every ``prune_interval_s``
+    delivered_retention_s: float = 7 * 24 * 3600.0
+    prune_interval_s: float = 3600.0
     # gc.freeze() once started: what start-up made lives as long as the process, so keep it out of every later
     # GC pass. Process-wide, so only for a process that is the gateway (``runbooks gateway serve``); an app built
     # inside another process (tests, an embedding server) sets it off.
@@ -164,8 +173,19 @@ def _settle(futures: list[asyncio.Future[list[Outcome]]], results: list[list[Out
             future.set_result(results[i])
 
 
+# Prefect refusing the request itself, not one of its events: every part of the batch would be refused alike
+REQUEST_REFUSALS = frozenset({401, 403, 404, 405})
+
+
+def is_refusal(status: int) -> bool:
+    """A 4xx that repeating will not change (408 and 429 are "later", not "no")."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 class Deliverer:
-    """Sends the outbox to Prefect's ``POST /api/events``; backs off while Prefect is down, never drops."""
+    """Sends the outbox to Prefect's ``POST /api/events``; backs off while Prefect is down or busy (connection errors,
+    408, 429, 5xx), never drops. An event Prefect refuses (another 4xx) goes to the dead letters, so it never blocks
+    the alerts behind it: a refused batch is split in halves until the refused events are alone."""
 
     def __init__(self, store: GatewayStore, settings: GatewaySettings) -> None:
         self.store = store
@@ -173,14 +193,22 @@ class Deliverer:
         self.wake = asyncio.Event()
         self._failures = 0
         self._backoff_s = 0.0
+        self._next_prune = 0.0
 
     def notify(self) -> None:
         """New events are in the outbox. Ignored while backing off: Prefect is down and they keep till the retry."""
         self.wake.set()
 
+    def client(self) -> httpx.AsyncClient:
+        headers = {}
+        if self.settings.prefect_api_key is not None:
+            headers["Authorization"] = f"Bearer {self.settings.prefect_api_key.get_secret_value()}"
+        return httpx.AsyncClient(timeout=10, headers=headers)
+
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with self.client() as client:
             while True:
+                await self.prune_if_due()
                 delivered = await self.deliver_once(client)
                 if delivered:
                     continue
@@ -191,25 +219,57 @@ class Deliverer:
                         await asyncio.wait_for(self.wake.wait(), self.settings.delivery_interval_s)
                 self.wake.clear()
 
+    async def prune_if_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.settings.prune_interval_s
+        pruned = await asyncio.to_thread(self.store.prune, self.settings.delivered_retention_s)
+        if pruned:
+            logger.info("pruned %d delivered event(s) older than %.0fs", pruned, self.settings.delivered_retention_s)
+
     async def deliver_once(self, client: httpx.AsyncClient) -> int:
+        """One batch of the outbox sent; returns how many events left it (delivered or dead-lettered)."""
         batch = await asyncio.to_thread(self.store.due)
         if not batch:
             return 0
-        ids = [row_id for row_id, _ in batch]
+        settled: set[int] = set()
         try:
-            response = await client.post(
-                f"{self.settings.prefect_api_url.rstrip('/')}/events", json=[event for _, event in batch]
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as err:
+            await self._send(client, batch, settled)
+        except httpx.HTTPError as err:  # transient: connection errors, timeouts, 408, 429, 5xx
+            rest = [row_id for row_id, _ in batch if row_id not in settled]
             self._failures += 1
             self._backoff_s = min(self.settings.max_backoff_s, 0.5 * 2 ** min(self._failures, 6))
-            await asyncio.to_thread(self.store.failed, ids, f"{type(err).__name__}: {err}", self._backoff_s)
-            logger.warning("Prefect unreachable (%s); %d event(s) kept, retry in %.1fs", err, len(ids), self._backoff_s)
-            return 0
+            await asyncio.to_thread(self.store.failed, rest, f"{type(err).__name__}: {err}", self._backoff_s)
+            logger.warning(
+                "Prefect unreachable (%s); %d event(s) kept, retry in %.1fs", err, len(rest), self._backoff_s
+            )
+            return len(settled)
         self._failures = 0
-        await asyncio.to_thread(self.store.delivered, ids)
-        return len(ids)
+        return len(batch)
+
+    async def _send(self, client: httpx.AsyncClient, rows: list[tuple[int, dict[str, Any]]], settled: set[int]) -> None:
+        ids = [row_id for row_id, _ in rows]
+        response = await client.post(
+            f"{self.settings.prefect_api_url.rstrip('/')}/events", json=[event for _, event in rows]
+        )
+        if response.is_success:
+            await asyncio.to_thread(self.store.delivered, ids)
+            settled.update(ids)
+            return
+        if not is_refusal(response.status_code):
+            response.raise_for_status()
+        if len(rows) > 1 and response.status_code not in REQUEST_REFUSALS:
+            half = len(rows) // 2  # the good events of a refused batch are still delivered
+            await self._send(client, rows[:half], settled)
+            await self._send(client, rows[half:], settled)
+            return
+        await asyncio.to_thread(self.store.dead_letter, ids, response.status_code, quote_body(response.text))
+        settled.update(ids)
+        logger.error(
+            "Prefect refused %d event(s) with %d; moved to the dead letters (`runbooks gateway status`, `replay`)",
+            len(ids),
+            response.status_code,
+        )
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
