@@ -7,6 +7,7 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import json
 import logging
 import queue
 import threading
@@ -17,12 +18,20 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.json_schema import models_json_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kernel.redact import quote_body
-from runbooks.gateway.models import AlertmanagerWebhook, GenericAlert, GrafanaWebhook, NormalizedAlert
+from runbooks.gateway.models import (
+    AlertmanagerWebhook,
+    GenericAlert,
+    GrafanaWebhook,
+    NormalizedAlert,
+    PayloadJsonSchema,
+)
 from runbooks.gateway.store import GatewayStore, Outcome
 
 logger = logging.getLogger("runbooks.gateway")
@@ -59,6 +68,79 @@ class GatewaySettings(BaseSettings):
 class Accepted(BaseModel):
     accepted: int
     incidents: list[dict[str, str]]
+
+
+class Problem(BaseModel):
+    """A 401, 409 or 413: what is wrong, in words."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One of pydantic's errors (without the input, which may hold what the sender would not have echoed)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: the body is not JSON (type ``json_invalid``) or not the endpoint's payload."""
+
+    detail: list[ValidationIssue]
+
+
+# The OpenAPI description. The endpoints read the raw body and validate it in one pass (pydantic-core, no
+# intermediate dict), so FastAPI does not see a body parameter: the request bodies, the security schemes and the
+# 4xx answers are declared here.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "RUNBOOKS_GATEWAY_TOKEN"},
+    "signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Runbooks-Signature",
+        "description": 'sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with RUNBOOKS_GATEWAY_HMAC_SECRET>',
+    },
+    "timestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Runbooks-Timestamp",
+        "description": "unix seconds, within the signature window; each signature is accepted once",
+    },
+}
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"signature": [], "timestamp": []}]
+AUTH_ANSWERS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no credentials, a wrong token, a bad or stale signature"},
+    409: {"model": Problem, "description": "a replayed request: this signature was already used"},
+}
+BODY_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ANSWERS,
+    413: {"model": Problem, "description": f"a body over {MAX_BODY} bytes"},
+    422: {"model": ValidationProblem, "description": "not JSON, or not the endpoint's payload"},
+}
+PAYLOADS: tuple[type[BaseModel], ...] = (AlertmanagerWebhook, GrafanaWebhook, GenericAlert)
+
+
+def _described(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of an alert endpoint: its body (a component schema) and its authentication."""
+    body = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+    return {"requestBody": {"required": True, "content": {"application/json": body}}, "security": SECURITY}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = document.setdefault("components", {})
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in PAYLOADS],
+            ref_template="#/components/schemas/{model}",
+            schema_generator=PayloadJsonSchema,
+        )
+        components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        components["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def _authenticate(settings: GatewaySettings, store: GatewayStore, request: Request, body: bytes) -> None:
@@ -297,6 +379,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="runbooks alert gateway", version="1.0.0", lifespan=lifespan)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.store = store
     app.state.deliverer = deliverer
 
@@ -309,7 +392,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             # JSON parsed and validated in one pass by pydantic-core (no intermediate Python dict)
             alerts: list[NormalizedAlert] = parse(body)
         except ValidationError as err:  # invalid JSON is a ValidationError too (type json_invalid)
-            raise HTTPException(422, err.errors(include_url=False, include_input=False)) from err
+            # through pydantic's JSON: a validator's ValueError in ``ctx`` does not serialise (a 500 schemathesis found)
+            raise HTTPException(422, json.loads(err.json(include_url=False, include_input=False))) from err
         outcomes = await committer.submit(alerts)
         if any(o.action in NEW_EVENT_ACTIONS for o in outcomes):
             deliverer.notify()
@@ -317,15 +401,33 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         incidents = [{"incident_id": o.incident_id, "fingerprint": o.fingerprint, "action": o.action} for o in outcomes]
         return JSONResponse({"accepted": len(alerts), "incidents": incidents}, status_code=202)
 
-    @app.post("/alerts/alertmanager", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/alertmanager",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(AlertmanagerWebhook),
+    )
     async def alertmanager(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: AlertmanagerWebhook.model_validate_json(raw).normalize())
 
-    @app.post("/alerts/grafana", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/grafana",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(GrafanaWebhook),
+    )
     async def grafana(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: GrafanaWebhook.model_validate_json(raw).normalize())
 
-    @app.post("/alerts/generic", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/generic",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(GenericAlert),
+    )
     async def generic(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: GenericAlert.model_validate_json(raw).normalize())
 
@@ -333,7 +435,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "pending_events": await asyncio.to_thread(store.pending)}
 
-    @app.get("/incidents")
+    @app.get("/incidents", responses=AUTH_ANSWERS, openapi_extra={"security": SECURITY})
     async def incidents(request: Request, status: str | None = None) -> list[dict[str, Any]]:
         _authenticate(settings, store, request, b"")
         return await asyncio.to_thread(store.incidents, status)
