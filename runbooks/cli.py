@@ -1,4 +1,4 @@
-"""The operator's command line: ``runbooks sandbox|blocks|check|run``.
+"""The operator's command line: ``runbooks sandbox|blocks|check|run|gateway|worker``.
 
 Every failure the operator can fix is one line on stderr (exit 2), never a traceback.
 """
@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from kernel.errors import ConfigurationError, RunbookError
@@ -120,6 +121,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ gateway
 def cmd_gateway(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return cmd_gateway_status(args)
+    if args.action == "replay":
+        return cmd_gateway_replay(args)
     import uvicorn
 
     from runbooks.gateway.app import GatewaySettings, create_app
@@ -127,6 +132,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     settings = GatewaySettings()
     if not os.environ.get("RUNBOOKS_GATEWAY_PREFECT_API_URL"):
         settings.prefect_api_url = _prefect_api_url()
+    if settings.prefect_api_key is None:  # Prefect's profile, as for the URL
+        from prefect.settings import PREFECT_API_KEY
+        from pydantic import SecretStr
+
+        if key := PREFECT_API_KEY.value():
+            settings.prefect_api_key = SecretStr(str(key))
     try:
         app = create_app(settings)
     except ValueError as err:
@@ -135,6 +146,61 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     # uvloop and httptools: about a quarter less CPU per alert than asyncio + h11 (benchmarks/triage.py)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", loop="uvloop", http="httptools")
     return 0
+
+
+def _gateway_store() -> Any:
+    """The gateway's SQLite file (RUNBOOKS_GATEWAY_DB_PATH), opened beside a running gateway (WAL: no lock held)."""
+    from runbooks.gateway.app import GatewaySettings
+    from runbooks.gateway.store import GatewayStore
+
+    path = GatewaySettings().db_path
+    if not path.is_file():
+        raise ConfigurationError(
+            "gateway",
+            "RUNBOOKS_GATEWAY_DB_PATH",
+            f"no gateway database at {path}",
+            hint="point it at the gateway's file",
+        )
+    return GatewayStore(path)
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cmd_gateway_status(args: argparse.Namespace) -> int:
+    """Counts on the first line, then one line per dead letter; exit 2 when there is any (as ``check`` on a FAIL)."""
+    store = _gateway_store()
+    try:
+        counts, letters = store.counts(), store.dead_letters()
+    finally:
+        store.close()
+    print(f"pending {counts.pending}, delivered {counts.delivered}, dead-lettered {counts.dead_lettered}")
+    for d in letters:
+        print(
+            redact(
+                f"dead letter {d.id}: {d.event} incident {d.incident_id or '-'}, "
+                f"Prefect answered {d.status} at {_when(d.dead_at)}: {d.reason}"
+            )
+        )
+    return 2 if letters else 0
+
+
+def cmd_gateway_replay(args: argparse.Namespace) -> int:
+    store = _gateway_store()
+    try:
+        replayed = store.replay(None if args.all else args.id)
+    finally:
+        store.close()
+    missing = [] if args.all else [i for i in args.id if i not in replayed]
+    for i in missing:
+        _say(f"error: no dead letter {i} (see `runbooks gateway status`)")
+    if replayed or not missing:
+        _say(
+            f"{len(replayed)} dead letter(s) back in the outbox"
+            + (f": {', '.join(map(str, replayed))}" if replayed else "")
+        )
+    return 2 if missing else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -186,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = gw_sub.add_parser("serve", help="serve until interrupted")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8102)
+    gw_sub.add_parser("status", help="outbox counts and the dead letters (events Prefect refused)")
+    replay = gw_sub.add_parser("replay", help="move dead letters back to the outbox")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--id", type=int, action="append", help="a dead letter's id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every dead letter")
     gw.set_defaults(func=cmd_gateway)
 
     wk = sub.add_parser("worker", help="the in-process worker: the fast lane for alert-triggered triage")

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import json
 import logging
 import queue
 import threading
@@ -17,11 +18,20 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.json_schema import models_json_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from runbooks.gateway.models import AlertmanagerWebhook, GenericAlert, GrafanaWebhook, NormalizedAlert
+from kernel.redact import quote_body
+from runbooks.gateway.models import (
+    AlertmanagerWebhook,
+    GenericAlert,
+    GrafanaWebhook,
+    NormalizedAlert,
+    PayloadJsonSchema,
+)
 from runbooks.gateway.store import GatewayStore, Outcome
 
 logger = logging.getLogger("runbooks.gateway")
@@ -39,8 +49,16 @@ class GatewaySettings(BaseSettings):
     signature_window_s: float = 300.0
     db_path: Path = Path.home() / ".local" / "state" / "runbooks" / "gateway.sqlite3"
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    # Prefect Cloud's (or an authenticating proxy's) key, sent as ``Authorization: Bearer``; read from PREFECT_API_KEY
+    # (Prefect's own variable, no RUNBOOKS_GATEWAY_ prefix) and never logged
+    prefect_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("prefect_api_key", "PREFECT_API_KEY")
+    )
     delivery_interval_s: float = 0.5
     max_backoff_s: float = 30.0
+    # delivered events are kept this long (to answer "was it sent?"), then pruned every ``prune_interval_s``
+    delivered_retention_s: float = 7 * 24 * 3600.0
+    prune_interval_s: float = 3600.0
     # gc.freeze() once started: what start-up made lives as long as the process, so keep it out of every later
     # GC pass. Process-wide, so only for a process that is the gateway (``runbooks gateway serve``); an app built
     # inside another process (tests, an embedding server) sets it off.
@@ -50,6 +68,79 @@ class GatewaySettings(BaseSettings):
 class Accepted(BaseModel):
     accepted: int
     incidents: list[dict[str, str]]
+
+
+class Problem(BaseModel):
+    """A 401, 409 or 413: what is wrong, in words."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One of pydantic's errors (without the input, which may hold what the sender would not have echoed)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: the body is not JSON (type ``json_invalid``) or not the endpoint's payload."""
+
+    detail: list[ValidationIssue]
+
+
+# The OpenAPI description. The endpoints read the raw body and validate it in one pass (pydantic-core, no
+# intermediate dict), so FastAPI does not see a body parameter: the request bodies, the security schemes and the
+# 4xx answers are declared here.
+SECURITY_SCHEMES: dict[str, Any] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "RUNBOOKS_GATEWAY_TOKEN"},
+    "signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Runbooks-Signature",
+        "description": 'sha256=<hex HMAC-SHA256 of "<timestamp>.<body>" with RUNBOOKS_GATEWAY_HMAC_SECRET>',
+    },
+    "timestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Runbooks-Timestamp",
+        "description": "unix seconds, within the signature window; each signature is accepted once",
+    },
+}
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"signature": [], "timestamp": []}]
+AUTH_ANSWERS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no credentials, a wrong token, a bad or stale signature"},
+    409: {"model": Problem, "description": "a replayed request: this signature was already used"},
+}
+BODY_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ANSWERS,
+    413: {"model": Problem, "description": f"a body over {MAX_BODY} bytes"},
+    422: {"model": ValidationProblem, "description": "not JSON, or not the endpoint's payload"},
+}
+PAYLOADS: tuple[type[BaseModel], ...] = (AlertmanagerWebhook, GrafanaWebhook, GenericAlert)
+
+
+def _described(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of an alert endpoint: its body (a component schema) and its authentication."""
+    body = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+    return {"requestBody": {"required": True, "content": {"application/json": body}}, "security": SECURITY}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        components = document.setdefault("components", {})
+        _, definitions = models_json_schema(
+            [(model, "validation") for model in PAYLOADS],
+            ref_template="#/components/schemas/{model}",
+            schema_generator=PayloadJsonSchema,
+        )
+        components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        components["securitySchemes"] = SECURITY_SCHEMES
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def _authenticate(settings: GatewaySettings, store: GatewayStore, request: Request, body: bytes) -> None:
@@ -164,8 +255,19 @@ def _settle(futures: list[asyncio.Future[list[Outcome]]], results: list[list[Out
             future.set_result(results[i])
 
 
+# Prefect refusing the request itself, not one of its events: every part of the batch would be refused alike
+REQUEST_REFUSALS = frozenset({401, 403, 404, 405})
+
+
+def is_refusal(status: int) -> bool:
+    """A 4xx that repeating will not change (408 and 429 are "later", not "no")."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 class Deliverer:
-    """Sends the outbox to Prefect's ``POST /api/events``; backs off while Prefect is down, never drops."""
+    """Sends the outbox to Prefect's ``POST /api/events``; backs off while Prefect is down or busy (connection errors,
+    408, 429, 5xx), never drops. An event Prefect refuses (another 4xx) goes to the dead letters, so it never blocks
+    the alerts behind it: a refused batch is split in halves until the refused events are alone."""
 
     def __init__(self, store: GatewayStore, settings: GatewaySettings) -> None:
         self.store = store
@@ -173,14 +275,22 @@ class Deliverer:
         self.wake = asyncio.Event()
         self._failures = 0
         self._backoff_s = 0.0
+        self._next_prune = 0.0
 
     def notify(self) -> None:
         """New events are in the outbox. Ignored while backing off: Prefect is down and they keep till the retry."""
         self.wake.set()
 
+    def client(self) -> httpx.AsyncClient:
+        headers = {}
+        if self.settings.prefect_api_key is not None:
+            headers["Authorization"] = f"Bearer {self.settings.prefect_api_key.get_secret_value()}"
+        return httpx.AsyncClient(timeout=10, headers=headers)
+
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with self.client() as client:
             while True:
+                await self.prune_if_due()
                 delivered = await self.deliver_once(client)
                 if delivered:
                     continue
@@ -191,25 +301,57 @@ class Deliverer:
                         await asyncio.wait_for(self.wake.wait(), self.settings.delivery_interval_s)
                 self.wake.clear()
 
+    async def prune_if_due(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.settings.prune_interval_s
+        pruned = await asyncio.to_thread(self.store.prune, self.settings.delivered_retention_s)
+        if pruned:
+            logger.info("pruned %d delivered event(s) older than %.0fs", pruned, self.settings.delivered_retention_s)
+
     async def deliver_once(self, client: httpx.AsyncClient) -> int:
+        """One batch of the outbox sent; returns how many events left it (delivered or dead-lettered)."""
         batch = await asyncio.to_thread(self.store.due)
         if not batch:
             return 0
-        ids = [row_id for row_id, _ in batch]
+        settled: set[int] = set()
         try:
-            response = await client.post(
-                f"{self.settings.prefect_api_url.rstrip('/')}/events", json=[event for _, event in batch]
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as err:
+            await self._send(client, batch, settled)
+        except httpx.HTTPError as err:  # transient: connection errors, timeouts, 408, 429, 5xx
+            rest = [row_id for row_id, _ in batch if row_id not in settled]
             self._failures += 1
             self._backoff_s = min(self.settings.max_backoff_s, 0.5 * 2 ** min(self._failures, 6))
-            await asyncio.to_thread(self.store.failed, ids, f"{type(err).__name__}: {err}", self._backoff_s)
-            logger.warning("Prefect unreachable (%s); %d event(s) kept, retry in %.1fs", err, len(ids), self._backoff_s)
-            return 0
+            await asyncio.to_thread(self.store.failed, rest, f"{type(err).__name__}: {err}", self._backoff_s)
+            logger.warning(
+                "Prefect unreachable (%s); %d event(s) kept, retry in %.1fs", err, len(rest), self._backoff_s
+            )
+            return len(settled)
         self._failures = 0
-        await asyncio.to_thread(self.store.delivered, ids)
-        return len(ids)
+        return len(batch)
+
+    async def _send(self, client: httpx.AsyncClient, rows: list[tuple[int, dict[str, Any]]], settled: set[int]) -> None:
+        ids = [row_id for row_id, _ in rows]
+        response = await client.post(
+            f"{self.settings.prefect_api_url.rstrip('/')}/events", json=[event for _, event in rows]
+        )
+        if response.is_success:
+            await asyncio.to_thread(self.store.delivered, ids)
+            settled.update(ids)
+            return
+        if not is_refusal(response.status_code):
+            response.raise_for_status()
+        if len(rows) > 1 and response.status_code not in REQUEST_REFUSALS:
+            half = len(rows) // 2  # the good events of a refused batch are still delivered
+            await self._send(client, rows[:half], settled)
+            await self._send(client, rows[half:], settled)
+            return
+        await asyncio.to_thread(self.store.dead_letter, ids, response.status_code, quote_body(response.text))
+        settled.update(ids)
+        logger.error(
+            "Prefect refused %d event(s) with %d; moved to the dead letters (`runbooks gateway status`, `replay`)",
+            len(ids),
+            response.status_code,
+        )
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -237,6 +379,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="runbooks alert gateway", version="1.0.0", lifespan=lifespan)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.store = store
     app.state.deliverer = deliverer
 
@@ -249,7 +392,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             # JSON parsed and validated in one pass by pydantic-core (no intermediate Python dict)
             alerts: list[NormalizedAlert] = parse(body)
         except ValidationError as err:  # invalid JSON is a ValidationError too (type json_invalid)
-            raise HTTPException(422, err.errors(include_url=False, include_input=False)) from err
+            # through pydantic's JSON: a validator's ValueError in ``ctx`` does not serialise (a 500 schemathesis found)
+            raise HTTPException(422, json.loads(err.json(include_url=False, include_input=False))) from err
         outcomes = await committer.submit(alerts)
         if any(o.action in NEW_EVENT_ACTIONS for o in outcomes):
             deliverer.notify()
@@ -257,15 +401,33 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         incidents = [{"incident_id": o.incident_id, "fingerprint": o.fingerprint, "action": o.action} for o in outcomes]
         return JSONResponse({"accepted": len(alerts), "incidents": incidents}, status_code=202)
 
-    @app.post("/alerts/alertmanager", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/alertmanager",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(AlertmanagerWebhook),
+    )
     async def alertmanager(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: AlertmanagerWebhook.model_validate_json(raw).normalize())
 
-    @app.post("/alerts/grafana", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/grafana",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(GrafanaWebhook),
+    )
     async def grafana(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: GrafanaWebhook.model_validate_json(raw).normalize())
 
-    @app.post("/alerts/generic", status_code=202, response_model=Accepted)
+    @app.post(
+        "/alerts/generic",
+        status_code=202,
+        response_model=Accepted,
+        responses=BODY_ANSWERS,
+        openapi_extra=_described(GenericAlert),
+    )
     async def generic(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: GenericAlert.model_validate_json(raw).normalize())
 
@@ -273,7 +435,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "pending_events": await asyncio.to_thread(store.pending)}
 
-    @app.get("/incidents")
+    @app.get("/incidents", responses=AUTH_ANSWERS, openapi_extra={"security": SECURITY})
     async def incidents(request: Request, status: str | None = None) -> list[dict[str, Any]]:
         _authenticate(settings, store, request, b"")
         return await asyncio.to_thread(store.incidents, status)

@@ -8,8 +8,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 Status = Literal["firing", "resolved"]
+MAX_STRING = 10_000  # every string of an incoming payload (``_Strict``'s str_max_length)
+MAX_NAME = 200  # an alert's name, as NormalizedAlert keeps it
 
 
 class NormalizedAlert(BaseModel):
@@ -29,15 +33,32 @@ def _fingerprint(labels: dict[str, str]) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="allow", str_max_length=10_000)
+    model_config = ConfigDict(extra="allow", str_max_length=MAX_STRING)
+
+
+class PayloadJsonSchema(GenerateJsonSchema):
+    """The JSON schema of the payloads as they are validated: ``str_max_length`` (a config, which pydantic leaves
+    out of the schema) written on every string, so a document-valid body is never refused."""
+
+    def str_schema(self, schema: core_schema.StringSchema) -> JsonSchemaValue:
+        json_schema = super().str_schema(schema)
+        json_schema.setdefault("maxLength", MAX_STRING)
+        return json_schema
 
 
 class AlertmanagerAlert(_Strict):
     status: Status
-    labels: dict[str, str] = Field(min_length=1)
+    labels: dict[str, str] = Field(
+        min_length=1,
+        json_schema_extra={
+            "required": ["alertname"],
+            "properties": {"alertname": {"type": "string", "minLength": 1, "maxLength": MAX_NAME}},
+        },
+    )
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime | None = None  # noqa: N815 - Alertmanager's field names
-    endsAt: datetime | None = None  # noqa: N815
+    # RFC 3339 strings only (strict): lax mode would also take a number of seconds, which the schema's date-time is not
+    startsAt: datetime | None = Field(default=None, strict=True)  # noqa: N815 - Alertmanager's field names
+    endsAt: datetime | None = Field(default=None, strict=True)  # noqa: N815
     generatorURL: str = ""  # noqa: N815
     fingerprint: str | None = Field(default=None, max_length=128)
 
@@ -46,6 +67,8 @@ class AlertmanagerAlert(_Strict):
     def _has_alertname(cls, labels: dict[str, str]) -> dict[str, str]:
         if not labels.get("alertname"):
             raise ValueError("labels.alertname is required")
+        if len(labels["alertname"]) > MAX_NAME:
+            raise ValueError(f"labels.alertname is over {MAX_NAME} characters")
         return labels
 
 

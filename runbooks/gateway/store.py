@@ -1,5 +1,6 @@
-"""Durable state of the gateway in SQLite: open incidents by fingerprint, signatures seen (replays), and the
-outbox of Prefect events not yet delivered. Every accept is one transaction, committed before the 202."""
+"""Durable state of the gateway in SQLite: open incidents by fingerprint, signatures seen (replays), the
+outbox of Prefect events not yet delivered, and the dead letters (events Prefect refused with a 4xx, kept until an
+operator replays them). Every accept is one transaction, committed before the 202."""
 
 from __future__ import annotations
 
@@ -26,7 +27,29 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, delivered_at REAL, last_error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(delivered_at, next_attempt_at);
 CREATE TABLE IF NOT EXISTS signatures (signature TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY, event TEXT NOT NULL, created_at REAL NOT NULL, attempts INTEGER NOT NULL,
+    status INTEGER NOT NULL, reason TEXT NOT NULL, dead_at REAL NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event Prefect refused (a 4xx other than 408/429): its outbox id, what it was about, and why."""
+
+    id: int
+    event: str
+    incident_id: str
+    status: int
+    reason: str  # the refusal's body, cut and redacted (kernel.redact.quote_body)
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    pending: int
+    delivered: int
+    dead_lettered: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,64 @@ class GatewayStore:
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
                 [(time.time() + backoff_s, error[:500], i) for i in ids],
             )
+
+    def dead_letter(self, ids: list[int], status: int, reason: str) -> None:
+        """Move outbox rows to the dead letters (``reason`` already redacted), out of the delivery's way."""
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO dead_letters (id, event, created_at, attempts, status, reason, dead_at) "
+                "SELECT id, event, created_at, attempts + 1, ?, ?, ? FROM outbox WHERE id = ? AND delivered_at IS NULL",
+                [(status, reason[:1000], now, i) for i in ids],
+            )
+            self._db.executemany("DELETE FROM outbox WHERE id = ? AND delivered_at IS NULL", [(i,) for i in ids])
+
+    def dead_letters(self) -> list[DeadLetter]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, event, status, reason, dead_at FROM dead_letters ORDER BY id"
+            ).fetchall()
+        letters = []
+        for row_id, raw, status, reason, dead_at in rows:
+            event = json.loads(raw)
+            incident = str(event.get("payload", {}).get("incident_id", ""))
+            letters.append(DeadLetter(row_id, str(event.get("event", "")), incident, status, reason, dead_at))
+        return letters
+
+    def replay(self, ids: list[int] | None = None) -> list[int]:
+        """Move dead letters back to the outbox, due now, at its tail (all of them when ``ids`` is None).
+        Returns the ids replayed; an id that is not a dead letter is left out."""
+        now = time.time()
+        with self._transaction():
+            if ids is None:
+                found = [row[0] for row in self._db.execute("SELECT id FROM dead_letters ORDER BY id")]
+            else:
+                found = [i for i in ids if self._db.execute("SELECT 1 FROM dead_letters WHERE id = ?", (i,)).fetchone()]
+            for i in found:
+                self._db.execute(
+                    "INSERT INTO outbox (event, created_at, next_attempt_at) "
+                    "SELECT event, created_at, ? FROM dead_letters WHERE id = ?",
+                    (now, i),
+                )
+                self._db.execute("DELETE FROM dead_letters WHERE id = ?", (i,))
+        return found
+
+    def prune(self, retention_s: float) -> int:
+        """Delete the delivered events older than ``retention_s``; the pending and the dead letters stay."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?", (time.time() - retention_s,)
+            )
+        return cursor.rowcount
+
+    def counts(self) -> OutboxCounts:
+        with self._lock:
+            pending, delivered = self._db.execute(
+                "SELECT count(*) FILTER (WHERE delivered_at IS NULL), count(*) FILTER (WHERE delivered_at IS NOT NULL) "
+                "FROM outbox"
+            ).fetchone()
+            dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        return OutboxCounts(int(pending), int(delivered), int(dead))
 
     def pending(self) -> int:
         with self._lock:
