@@ -50,4 +50,3 @@ async def scale_api_to_zero(env: RunbookEnvironment, logger: RunLogger) -> Resum
         logger.info("scaled %s back to %d replicas", api, scaled.previous_replicas)
 
     return resume
-
