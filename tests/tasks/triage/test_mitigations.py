@@ -65,7 +65,12 @@ async def test_decide_never_pauses_without_need() -> None:
     planned = PlannedAction(action="restart", target=API)
     for mode, auto_approve in [("auto", False), ("observe", False), ("approve", True)]:  # observing asks nobody
         record = await decide(
-            planned, "inc-1", mode, auto_approve=auto_approve, approval_timeout_s=1, what="P2 X"  # type: ignore[arg-type]
+            planned,
+            "inc-1",
+            mode,
+            auto_approve=auto_approve,
+            approval_timeout_s=1,
+            what="P2 X",  # type: ignore[arg-type]
         )
         assert (record.outcome, record.key, record.by) == ("dry-run", "inc-1:restart:my-api", "incident-triage")
 
