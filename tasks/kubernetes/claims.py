@@ -49,12 +49,15 @@ class MitigationClaim(BaseModel):
     key: str
     run: str
     at: str = ""
+    done: str = Field(default="", description="what the action did, once it did it (empty while in progress)")
     claimed: bool = Field(default=False, description="True when this call wrote the record; False: it was there")
     deployment: str = ""
     namespace: str = ""
 
     def annotation(self) -> str:
         record = {"incident": self.incident, "action": self.action, "key": self.key, "run": self.run, "at": self.at}
+        if self.done:
+            record["done"] = self.done
         return json.dumps(record, separators=(",", ":"))
 
     @classmethod
@@ -67,6 +70,7 @@ class MitigationClaim(BaseModel):
                 key=str(data["key"]),
                 run=str(data.get("run", "")),
                 at=str(data.get("at", "")),
+                done=str(data.get("done", "")),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise KubernetesError(
@@ -83,7 +87,8 @@ async def claim_mitigation(
     """Claim ``incident``'s mitigation on Deployment ``name`` before acting: write the record with a
     compare-and-set, or return the record already there (``claimed=False``: someone did it or is doing it).
 
-    Safe to retry: a retry after a lost answer finds its own record (same ``run``) and reports it claimed.
+    Safe to retry: a retry after a lost answer finds its own record (same ``run``, not ``done``) and reports it
+    claimed; a record marked done (:func:`complete_mitigation_claim`) is never claimed again, not even by its run.
     """
     ns = namespace_of(cluster, namespace)
     annotation = claim_annotation(incident)
@@ -94,7 +99,7 @@ async def claim_mitigation(
             raw = (dep.metadata.annotations or {}).get(annotation)
             if raw:
                 found = MitigationClaim.parse(raw, where)
-                found.claimed = found.run == run
+                found.claimed = found.run == run and not found.done
                 found.deployment, found.namespace = name, ns
                 return found
             claim = MitigationClaim(
@@ -167,5 +172,40 @@ async def release_mitigation_claim(
                     continue
                 raise
             run_logger().info("%s: claim of incident %s by run %s released", where, incident, run)
+            return True
+    return False
+
+
+@idempotent_task
+async def complete_mitigation_claim(
+    cluster: KubernetesCluster, name: str, incident: str, run: str, done: str, namespace: str | None = None
+) -> bool:
+    """Mark ``run``'s claim done, with what the action did (for whoever reads the Deployment next). True when
+    marked; a claim of another run is left alone."""
+    ns = namespace_of(cluster, namespace)
+    annotation = claim_annotation(incident)
+    where = f"Deployment {ns}/{name}"
+    async with kube(cluster, f"completing the mitigation claim of incident {incident} on {where}") as k:
+        for _ in range(CLAIM_ATTEMPTS):
+            dep = await k.apps.read_namespaced_deployment(name, ns)
+            raw = (dep.metadata.annotations or {}).get(annotation)
+            if not raw:
+                return False
+            claim = MitigationClaim.parse(raw, where)
+            if claim.run != run:
+                return False
+            claim.done = done[:500]
+            body = {
+                "metadata": {
+                    "resourceVersion": dep.metadata.resource_version,
+                    "annotations": {annotation: claim.annotation()},
+                }
+            }
+            try:
+                await k.apps.patch_namespaced_deployment(name, ns, body)
+            except ApiException as err:
+                if err.status == 409:
+                    continue
+                raise
             return True
     return False

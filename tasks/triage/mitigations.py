@@ -212,9 +212,14 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
             await k8s.release_mitigation_claim(cluster, target, incident, run)
             raise
         if action == "restart":
-            return Applied(outcome="applied", detail=f"restarted at {restart.model_dump().get('restarted_at', '')}")
-        status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))
-        return Applied(outcome="applied", detail=f"{undo.message}; {status.message}")
+            detail = f"restarted at {restart.restarted_at}"
+        else:
+            detail = undo.message
+        await k8s.complete_mitigation_claim(cluster, target, incident, run, detail)
+        if action == "rollback":
+            status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))
+            detail = f"{detail}; {status.message}"
+        return Applied(outcome="applied", detail=detail)
     if action == "scale_out":
         # raises the HPA's floor too, else the HPA scales it back; released when the incident resolves
         out = await k8s.scale_out_deployment(env.require_kubernetes(), target, params["replicas"], params["incident"])

@@ -517,6 +517,7 @@ async def test_one_rollback_when_two_runs_ask_at_once(
     assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).images == broken_release.images
     claim = await k8s.read_mitigation_claim.fn(kubernetes_cluster, API, incident_id)
     assert claim is not None and claim.action == "rollback" and claim.run in skipped.detail
+    assert claim.done.startswith("rolled back to revision")  # marked done: never claimed again, not even by its run
 
     # a later run of the same incident (another worker) finds the claim and does nothing
     again = await one_run()
