@@ -37,7 +37,10 @@ class RunbookEnvironment(RunbookBlock):
 
     _block_type_name = "Runbooks Environment"
 
-    kind: EnvironmentKind = Field(description="Which kind of environment this is; only sandbox defaults to live runs.")
+    kind: EnvironmentKind = Field(
+        description="Which kind of environment this is; the triage policy's modes are per kind (sandbox acts, "
+        "staging and production ask for approval)."
+    )
     platform: PlatformAPI
     postgres: PostgresDatabase
     redis: RedisDatabase

@@ -7,6 +7,7 @@ receiver's response body is cut and redacted before an error quotes it (:func:`k
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
@@ -138,4 +139,20 @@ async def create_opsgenie_alert(
     }
     async with opsgenie.get_client() as client:
         response = await _post(client, "/v2/alerts", payload, what="Opsgenie", idempotent=True)
+    return str(response.json().get("requestId", ""))
+
+
+@idempotent_task(retries=3, retry_delay_seconds=[1, 5, 15])
+async def close_opsgenie_alert(opsgenie: OpsgenieNotifier, alias: str, note: str = "", source: str = "runbooks") -> str:
+    """Close the Opsgenie alert created with ``alias`` (``POST /v2/alerts/{alias}/close?identifierType=alias``);
+    closing a closed alert changes nothing. Returns the request id."""
+    payload = {"source": source, "user": "runbooks", "note": _cut(note, 25000)}
+    async with opsgenie.get_client() as client:
+        response = await _post(
+            client,
+            f"/v2/alerts/{quote(alias, safe='')}/close?identifierType=alias",
+            payload,
+            what="Opsgenie close",
+            idempotent=True,
+        )
     return str(response.json().get("requestId", ""))

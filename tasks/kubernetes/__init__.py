@@ -11,6 +11,8 @@ failures; undo, restart and exec never retry. One module per area:
 - ``deployments``: get_deployment, rollout_history, rollout_status, rollout_undo, rollout_restart,
   scale_deployment, set_image, set_resources
 - ``autoscaling``: scale_out_deployment (raises the HPA's floor so the HPA does not undo it), release_hpa_floors
+- ``claims``: claim_mitigation, complete_mitigation_claim, read_mitigation_claim, release_mitigation_claim (a
+  destructive mitigation's idempotency key, an annotation on the Deployment written with a compare-and-set)
 - ``cleanup``: delete_pod, list/delete_old_replicasets, list/delete_configmaps_by_prefix (with ``dry_run``)
 - ``namespaces``: create_namespace, label_namespace; ``export``: export_resources, export_custom_resources
 - ``custom``: get_custom_resource, annotate_custom_resource (``CERTIFICATE``); ``pod_exec``: exec_in_pod,
@@ -24,6 +26,14 @@ from tasks.kubernetes.autoscaling import (
     ScaleOut,
     release_hpa_floors,
     scale_out_deployment,
+)
+from tasks.kubernetes.claims import (
+    MitigationClaim,
+    claim_annotation,
+    claim_mitigation,
+    complete_mitigation_claim,
+    read_mitigation_claim,
+    release_mitigation_claim,
 )
 from tasks.kubernetes.cleanup import (
     CleanupResult,
@@ -93,6 +103,12 @@ __all__ = [
     "ScaleOut",
     "release_hpa_floors",
     "scale_out_deployment",
+    "MitigationClaim",
+    "claim_annotation",
+    "claim_mitigation",
+    "complete_mitigation_claim",
+    "read_mitigation_claim",
+    "release_mitigation_claim",
     "CERTIFICATE",
     "AnnotationChange",
     "CleanupResult",

@@ -38,6 +38,9 @@ ROLLBACK_SKIPPED_ANNOTATIONS = frozenset(
         "deprecated.deployment.rollback.to",
     }
 )
+#: Our own records on a Deployment (the mitigation claims of :mod:`tasks.kubernetes.claims`): a rollback keeps
+#: the Deployment's, never copies a ReplicaSet's (the Deployment controller copies annotations onto ReplicaSets).
+OWN_ANNOTATION_PREFIX = "runbooks.io/"
 
 
 class RolloutError(KubernetesError):
@@ -240,17 +243,20 @@ def rollback_patch(deployment: dict[str, Any], replicaset: dict[str, Any]) -> li
 
     Both arguments are API-shaped dicts. The patch puts the ReplicaSet's pod template (minus the
     ``pod-template-hash`` label) into the Deployment, and its annotations (change-cause among them) except the
-    Deployment's own bookkeeping ones (:data:`ROLLBACK_SKIPPED_ANNOTATIONS`), which stay as they are.
+    Deployment's own bookkeeping ones (:data:`ROLLBACK_SKIPPED_ANNOTATIONS`) and our records
+    (:data:`OWN_ANNOTATION_PREFIX`: a mitigation's claim must survive the rollback it guards), which stay as they are.
     """
     template = _without_hash(replicaset["spec"]["template"])
     if template == _without_hash(deployment["spec"]["template"]):
         return None
     current = deployment["metadata"].get("annotations") or {}
-    annotations = {k: v for k, v in current.items() if k in ROLLBACK_SKIPPED_ANNOTATIONS}
+    annotations = {
+        k: v for k, v in current.items() if k in ROLLBACK_SKIPPED_ANNOTATIONS or k.startswith(OWN_ANNOTATION_PREFIX)
+    }
     annotations |= {
         k: v
         for k, v in (replicaset["metadata"].get("annotations") or {}).items()
-        if k not in ROLLBACK_SKIPPED_ANNOTATIONS
+        if k not in ROLLBACK_SKIPPED_ANNOTATIONS and not k.startswith(OWN_ANNOTATION_PREFIX)
     }
     return [
         {"op": "replace", "path": "/spec/template", "value": template},

@@ -1,24 +1,33 @@
 """Plan, decide and apply mitigations: the seed's alert responses, with preconditions, approval and a record.
 
-Which actions an alert may take, in which order, and which severities need a human's approval come from the
-policy (:mod:`tasks.triage.policy`); the preconditions (a recent rollout, a crash loop, a model down) are here.
+Which actions an alert may take, in which order, and how a triage decides (the mode ``auto`` / ``approve`` /
+``observe`` per environment kind and severity) come from the policy (:mod:`tasks.triage.policy`); the
+preconditions (a recent rollout, a crash loop, a model down) are here.
+
+The idempotency key of a destructive action (rollback, restart) is kept on the Deployment it acts on
+(:func:`tasks.kubernetes.claim_mitigation`, a compare-and-set before the action), so that two runs on two
+workers never both act: the second reports "already applied by <run>".
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
+from prefect.states import Running
 from pydantic import BaseModel, Field
 
 from blocks.environment import load_environment
+from kernel.retry import once_task
 from tasks import kubernetes as k8s
 from tasks.platform import open_circuit_breaker, set_model_fallback
 from tasks.reporting import describe_error
-from tasks.triage.policy import Action, MitigationRule, TriagePolicy
+from tasks.triage.policy import Action, Mode, TriagePolicy
 
 #: how often a paused run checks for the approver's answer
 APPROVAL_POLL_INTERVAL_S = 5
@@ -38,7 +47,7 @@ class MitigationRecord(BaseModel):
     action: Action
     target: str
     key: str
-    outcome: str  # applied | dry-run | skipped | rejected | failed
+    outcome: str  # applied | dry-run (observed, or decided and not yet applied) | skipped | rejected | failed
     detail: str = ""
     by: str = "incident-triage"
 
@@ -99,74 +108,118 @@ def plan_actions(
 async def decide(
     planned: PlannedAction,
     incident_id: str,
-    rule: MitigationRule,
+    mode: Mode,
     *,
-    dry_run: bool,
     auto_approve: bool,
     approval_timeout_s: int,
     what: str,
 ) -> MitigationRecord:
-    """The record before anything is applied: ``dry-run`` (to apply unless ``dry_run``) or ``rejected``.
+    """The record before anything is applied: ``dry-run`` (to apply unless the mode is ``observe``) or
+    ``rejected``.
 
-    Where the severity's rule asks for approval, the run pauses for a typed answer in the UI; no answer before
-    ``approval_timeout_s`` fails the pause (default deny).
+    In mode ``approve`` the run pauses for a typed answer in the UI (unless ``auto_approve``); no answer before
+    ``approval_timeout_s`` is a denial.
     """
     record = MitigationRecord(
         action=planned.action, target=planned.target, key=planned.key(incident_id), outcome="dry-run"
     )
-    if dry_run or not rule.approval or auto_approve:
+    if mode != "approve" or auto_approve:
         return record
     get_run_logger().warning(
         "%s on %s needs approval: resume the run in the UI to decide", planned.action, planned.target
     )
-    decision = await apause_flow_run(
-        wait_for_input=Approval.with_initial_data(
-            description=f"{what}: apply **{planned.action}** on `{planned.target}`?", approve=False
-        ),
-        timeout=approval_timeout_s,
-        poll_interval=APPROVAL_POLL_INTERVAL_S,
-    )
+    try:
+        decision = await apause_flow_run(
+            wait_for_input=Approval.with_initial_data(
+                description=f"{what}: apply **{planned.action}** on `{planned.target}`?", approve=False
+            ),
+            timeout=approval_timeout_s,
+            poll_interval=APPROVAL_POLL_INTERVAL_S,
+        )
+    except FlowPauseTimeout:
+        await _running_again()  # the server keeps a timed-out pause: the run goes on, denied
+        record.outcome, record.by = "rejected", "timeout"
+        record.detail = f"no answer within {approval_timeout_s}s: denied"
+        return record
     record.by = decision.approver or "approver"
     if not decision.approve:
         record.outcome, record.detail = "rejected", decision.note
     return record
 
 
+async def _running_again() -> None:
+    """Put the run back in Running after a pause that nobody answered (else Prefect holds its next tasks)."""
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is None or flow_ctx.flow_run is None:
+        return
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_ctx.flow_run.id, Running(), force=True)
+
+
 # --------------------------------------------------------------------------------------------------- apply
 async def carry_out(
-    environment: str, planned: PlannedAction, record: MitigationRecord, *, dry_run: bool
+    environment: str, planned: PlannedAction, record: MitigationRecord, *, observe: bool
 ) -> MitigationRecord:
-    """Apply a decided action (or describe it in a dry run); a failure is recorded, never raised here."""
+    """Apply a decided action (or only describe it when ``observe``); a failure is recorded, never raised here."""
     if record.outcome != "dry-run":
         return record
-    if dry_run:
+    if observe:
         record.detail = f"would {planned.action} {planned.target} with {planned.params}"
         return record
     try:
-        record.detail = await apply_action(environment, planned.action, planned.target, record.key, planned.params)
-        record.outcome = "applied"
+        applied = await apply_action(environment, planned.action, planned.target, record.key, planned.params)
+        record.outcome, record.detail = applied.outcome, applied.detail
     except Exception as err:  # noqa: BLE001 - recorded, told, and the run fails at the end
         record.outcome, record.detail = "failed", describe_error(err)
     return record
 
 
-def _key_fn(context: Any, parameters: dict[str, Any]) -> str:
-    return str(parameters["key"])
+class Applied(BaseModel):
+    outcome: str  # applied | skipped (another run holds the key)
+    detail: str
 
 
-@task(cache_key_fn=_key_fn, cache_expiration=timedelta(hours=12), persist_result=True)
-async def apply_action(env_name: str, action: Action, target: str, key: str, params: dict[str, Any]) -> str:
-    """Apply one mitigation; cached under its idempotency key so a re-run of the same incident does not redo it.
-    Not retried: a rollback or a restart is never retried blindly."""
+def current_run() -> str:
+    """Who acts, for a claim's record: the flow run, else the task run (a task called outside a flow)."""
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return str(flow_ctx.flow_run.id)
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        return str(task_ctx.task_run.flow_run_id or task_ctx.task_run.id)
+    return "unknown-run"
+
+
+@once_task  # never retried: a rollback or a restart is never retried blindly
+async def apply_action(env_name: str, action: Action, target: str, key: str, params: dict[str, Any]) -> Applied:
+    """Apply one mitigation. A rollback or a restart first claims its key on the Deployment (compare-and-set):
+    when another run holds it, nothing is done and the outcome is ``skipped``, "already applied by <run>"."""
     env = await load_environment(env_name)
-    if action == "rollback":
+    if action in ("rollback", "restart"):
         cluster = env.require_kubernetes()
-        undo = await k8s.rollout_undo(cluster, target)
-        status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))
-        return f"{undo.message}; {status.message}"
-    if action == "restart":
-        restart = await k8s.rollout_restart(env.require_kubernetes(), target)
-        return f"restarted at {restart.model_dump().get('restarted_at', '')}".strip()
+        incident = key.rsplit(":", 2)[0]  # the key is <incident>:<action>:<target>
+        run = current_run()
+        claim = await k8s.claim_mitigation(cluster, target, incident, action, key, run)
+        if not claim.claimed:
+            return Applied(outcome="skipped", detail=f"already applied by {claim.run} ({claim.action}, {claim.at})")
+        try:
+            if action == "rollback":
+                undo = await k8s.rollout_undo(cluster, target)
+            else:
+                restart = await k8s.rollout_restart(cluster, target)
+        except Exception:
+            # the action never reached the Deployment: give the key back so that a re-run may try again
+            await k8s.release_mitigation_claim(cluster, target, incident, run)
+            raise
+        if action == "restart":
+            detail = f"restarted at {restart.restarted_at}"
+        else:
+            detail = undo.message
+        await k8s.complete_mitigation_claim(cluster, target, incident, run, detail)
+        if action == "rollback":
+            status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))
+            detail = f"{detail}; {status.message}"
+        return Applied(outcome="applied", detail=detail)
     if action == "scale_out":
         # raises the HPA's floor too, else the HPA scales it back; released when the incident resolves
         out = await k8s.scale_out_deployment(env.require_kubernetes(), target, params["replicas"], params["incident"])
@@ -175,10 +228,12 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
             if out.hpa
             else ""
         )
-        return f"replicas {out.previous_replicas} -> {out.replicas}{held}"
+        return Applied(outcome="applied", detail=f"replicas {out.previous_replicas} -> {out.replicas}{held}")
     breaker = await open_circuit_breaker(env.platform, target, params["duration_s"])
     fallback = await set_model_fallback(env.platform, target, params["fallback_model"], params["duration_s"])
-    return (
-        f"circuit breaker open for {params['duration_s']}s, fallback {fallback.response.get('fallback_model', '')}"
-        + (f" ({breaker.response.get('state', '')})" if breaker.response else "")
+    fallback_model = fallback.response.get("fallback_model", "")
+    return Applied(
+        outcome="applied",
+        detail=f"circuit breaker open for {params['duration_s']}s, fallback {fallback_model}"
+        + (f" ({breaker.response.get('state', '')})" if breaker.response else ""),
     )

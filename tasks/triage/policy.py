@@ -13,8 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from blocks.environment import EnvironmentKind
+
 Severity = Literal["P0", "P1", "P2", "P3"]
 Action = Literal["rollback", "restart", "scale_out", "open_circuit_breaker"]
+#: how a triage decides: act, pause for a human's approval in the UI, or describe only
+Mode = Literal["auto", "approve", "observe"]
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
 _OPS: dict[str, Any] = {
@@ -84,8 +88,7 @@ class Escalation(BaseModel):
 
 
 class MitigationRule(BaseModel):
-    allowed: bool
-    approval: bool
+    allowed: bool = Field(description="may this severity take actions at all (else they are only described)")
 
 
 class Mitigation(BaseModel):
@@ -103,6 +106,20 @@ class Mitigation(BaseModel):
         return rule
 
 
+class Modes(BaseModel):
+    """One environment kind's modes: ``default``, and the severities that differ from it."""
+
+    default: Mode
+    P0: Mode | None = None
+    P1: Mode | None = None
+    P2: Mode | None = None
+    P3: Mode | None = None
+
+    def for_severity(self, severity: Severity) -> Mode:
+        mode: Mode | None = getattr(self, severity)
+        return mode or self.default
+
+
 class AlertBranch(BaseModel):
     mitigations: list[Action]
 
@@ -113,6 +130,7 @@ class TriagePolicy(BaseModel):
     severity_rules: list[SeverityRule]
     escalation: dict[Severity, Escalation]
     mitigation: Mitigation
+    modes: dict[EnvironmentKind, Modes]
     alerts: dict[str, AlertBranch]
 
     def severity(self, facts: dict[str, Any]) -> tuple[Severity, list[str]]:
@@ -122,6 +140,14 @@ class TriagePolicy(BaseModel):
             if why:
                 return rule.severity, why
         return "P3", ["no rule matched"]
+
+    def mode(self, kind: EnvironmentKind, severity: Severity) -> Mode:
+        """How a triage of ``severity`` decides in an environment of ``kind``: a severity whose mitigations are
+        not allowed only observes; a kind the policy does not name asks for approval (never acts unasked)."""
+        if not self.mitigation.for_severity(severity).allowed:
+            return "observe"
+        modes = self.modes.get(kind)
+        return modes.for_severity(severity) if modes is not None else "approve"
 
     def branch(self, alert_name: str) -> AlertBranch:
         return self.alerts.get(alert_name) or self.alerts["default"]

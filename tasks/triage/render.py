@@ -37,6 +37,13 @@ def mitigation_text(record: MitigationRecord) -> str:
     return f"🔧 {record.action} {record.target}: {record.outcome} {record.detail}"[:3000]
 
 
+def approval_text(action: str, target: str, run_link: str, timeout_s: int) -> str:
+    return (
+        f"✋ APPROVAL NEEDED: {action} {target}. Approve or reject in the run: {run_link} "
+        f"(no answer within {timeout_s}s is a denial)"
+    )
+
+
 def still_failing_text(smoke: list[Finding]) -> str:
     return "🔄 INCIDENT UPDATE — still failing: " + "; ".join(f"{f.enricher}: {f.title}" for f in smoke if not f.ok)
 

@@ -21,6 +21,7 @@ class TriageReport(BaseModel):
     findings: list[Finding]
     mitigations: list[MitigationRecord] = Field(default_factory=list)
     slack_ts: str | None = None
+    slack_channel: str | None = None
     resolved: bool = False
 
     @property

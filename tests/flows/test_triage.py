@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +17,28 @@ import httpx
 import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
 from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import aresume_flow_run
 
-from blocks.environment import load_environment
+from blocks.environment import RunbookEnvironment, load_environment
 from blocks.kubernetes import KubernetesCluster
+from blocks.registry import save_environment
 from flows.triage import incident_resolved, incident_triage
 from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
 from tasks.platform import fetch_metrics
 from tasks.triage import mitigations
+from tasks.triage.mitigations import MitigationRecord, PlannedAction
 from tasks.triage.policy import load_policy
 from tests.conftest import TEST_ENVIRONMENT
 
 API = "ai-multimodel-api"
+PRODUCTION = f"{TEST_ENVIRONMENT}-production"
+BROKEN = "ghcr.io/genspark/ai-multimodel-api:v9.9.9-broken"
 
 
 async def set_node_behaviour(admin_kubeconfig: Path, rules: dict[str, Any]) -> None:
@@ -226,7 +235,9 @@ async def test_p2_mitigation_waits_for_approval(
         # paused: told, but nothing applied before a human decides
         assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).replicas == before.replicas
         slack = [e for e in httpx.get(f"{receivers_url}/_received").json() if e["system"] == "slack"]
-        assert len(slack) == 1 and "P2" in json.dumps(slack[0]["body"]["blocks"])
+        assert len(slack) == 2 and "P2" in json.dumps(slack[0]["body"]["blocks"])
+        assert "APPROVAL NEEDED" in slack[1]["body"]["text"] and str(run_id) in slack[1]["body"]["text"]
+        assert slack[1]["body"]["thread_ts"] == slack[0]["ts"]
         await aresume_flow_run(run_id, run_input={"approve": approve, "approver": "alice", "note": "checked graphs"})
         report = await asyncio.wait_for(run, timeout=120)
 
@@ -357,3 +368,201 @@ async def test_error_rate_after_fresh_rollout_is_rolled_back(
     assert report.resolved
     received = httpx.get(f"{receivers_url}/_received").json()
     assert [e["kind"] for e in received if e["system"] == "pagerduty"] == ["trigger", "resolve"]
+
+
+# ------------------------------------------------------------------- an environment of kind production, same services
+@pytest.fixture(scope="session")
+def production_environment(sandbox: Sandbox) -> str:
+    """A second environment block of kind ``production`` on the sandbox's services: the policy asks for approval."""
+    env = RunbookEnvironment.load(TEST_ENVIRONMENT)
+    asyncio.run(save_environment(env.model_copy(update={"kind": "production"}), PRODUCTION))
+    assert RunbookEnvironment.load(PRODUCTION).kind == "production"
+    return PRODUCTION
+
+
+def received(receivers_url: str, system: str) -> list[dict[str, Any]]:
+    return [e for e in httpx.get(f"{receivers_url}/_received").json() if e["system"] == system]
+
+
+def rollout_history(admin_kubeconfig: Path) -> list[int]:
+    """The revisions ``kubectl rollout history`` lists (the user's own client, not ours)."""
+    out = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(admin_kubeconfig),
+            "rollout",
+            "history",
+            f"deployment/{API}",
+            "-n",
+            "production",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return sorted(int(m.group(1)) for m in re.finditer(r"^(\d+)\s", out, re.MULTILINE))
+
+
+@pytest.fixture()
+async def broken_release(
+    kubernetes_cluster: KubernetesCluster, admin_kubeconfig: Path, clean_node: None
+) -> AsyncIterator[k8s.DeploymentInfo]:
+    """A fresh release whose pods crash-loop (P1). Yields the Deployment as it was before; afterwards the good
+    release is back (rolled back here when the test did not)."""
+    before = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    await set_node_behaviour(admin_kubeconfig, {"failing_images": ["*:v9.9.9-broken"]})
+    await k8s.set_image.fn(kubernetes_cluster, API, BROKEN, change_cause="deploy v9.9.9-broken")
+    deadline = time.monotonic() + 90
+    while not any(
+        p.reason == "CrashLoopBackOff" for p in await k8s.list_pods.fn(kubernetes_cluster, label_selector=f"app={API}")
+    ):
+        assert time.monotonic() < deadline, "the broken release never crash-looped"
+        await asyncio.sleep(1)
+    try:
+        yield before
+    finally:
+        if (await k8s.get_deployment.fn(kubernetes_cluster, API)).images != before.images:
+            await k8s.rollout_undo.fn(kubernetes_cluster, API)
+        await set_node_behaviour(admin_kubeconfig, {})
+        await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
+
+
+@pytest.mark.parametrize("answer", ["approve", "reject", "timeout"])
+async def test_production_asks_before_a_rollback(
+    sandbox: Sandbox,
+    platform_admin: tuple[str, dict[str, str]],
+    receivers_url: str,
+    production_environment: str,
+    kubernetes_cluster: KubernetesCluster,
+    admin_kubeconfig: Path,
+    broken_release: k8s.DeploymentInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+) -> None:
+    """Production, P1 crash loop: the triage pauses with the run's link in the Slack thread; approved it rolls
+    back, rejected or unanswered it changes nothing; incident-resolved resolves PagerDuty in every case."""
+    monkeypatch.setattr(mitigations, "APPROVAL_POLL_INTERVAL_S", 1)
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    history = rollout_history(admin_kubeconfig)
+    run = asyncio.create_task(
+        incident_triage(
+            alert_name="HighErrorRate",
+            incident_id=incident_id,
+            alert_severity="critical",
+            environment=production_environment,
+            approval_timeout_s=20 if answer == "timeout" else 600,
+        )
+    )
+    try:
+        run_id = await _paused_triage(incident_id, run)
+        slack = received(receivers_url, "slack")
+        assert slack[0]["body"]["channel"] == "#ai-multimodel-incidents" and "P1" in json.dumps(slack[0]["body"])
+        [ask] = [e for e in slack if "APPROVAL NEEDED" in e["body"]["text"]]
+        assert ask["body"]["thread_ts"] == slack[0]["ts"] and str(run_id) in ask["body"]["text"]
+        assert "rollback" in ask["body"]["text"]
+        assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).images == [BROKEN]  # nothing yet
+        if answer != "timeout":
+            await aresume_flow_run(run_id, run_input={"approve": answer == "approve", "approver": "bob"})
+        report = await asyncio.wait_for(run, timeout=240)
+    finally:
+        run.cancel()
+
+    assert report.severity == "P1"
+    [mitigation] = report.mitigations
+    after = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    if answer == "approve":
+        assert (mitigation.action, mitigation.outcome, mitigation.by) == ("rollback", "applied", "bob")
+        assert after.images == broken_release.images
+        assert max(rollout_history(admin_kubeconfig)) == max(history) + 1  # one undo: one new revision
+    else:
+        assert mitigation.outcome == "rejected"
+        assert mitigation.by == ("timeout" if answer == "timeout" else "bob")
+        assert after.images == [BROKEN] and rollout_history(admin_kubeconfig) == history  # nothing changed
+
+    await incident_resolved(incident_id=incident_id, alert_name="HighErrorRate", environment=production_environment)
+    pagerduty = [(e["kind"], e["dedup_key"]) for e in received(receivers_url, "pagerduty")]
+    assert pagerduty[0] == ("trigger", incident_id) and pagerduty[-1] == ("resolve", incident_id)
+
+
+async def test_one_rollback_when_two_runs_ask_at_once(
+    sandbox: Sandbox,
+    production_environment: str,
+    kubernetes_cluster: KubernetesCluster,
+    admin_kubeconfig: Path,
+    broken_release: k8s.DeploymentInfo,
+) -> None:
+    """Two runs apply the same incident's rollback concurrently (the production code, two flow runs as two asyncio
+    tasks): the claim on the Deployment lets exactly one undo; the other reports which run did it. kubectl shows one
+    new revision."""
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    history = rollout_history(admin_kubeconfig)
+    planned = PlannedAction(action="rollback", target=API, params={"timeout_s": 180})
+
+    def record() -> MitigationRecord:
+        return MitigationRecord(action="rollback", target=API, key=planned.key(incident_id), outcome="dry-run")
+
+    @flow(name="apply-mitigation-test")
+    async def one_run() -> MitigationRecord:  # a run of its own, as on a worker: the claim names it
+        return await mitigations.carry_out(production_environment, planned, record(), observe=False)
+
+    first, second = await asyncio.wait_for(asyncio.gather(one_run(), one_run()), timeout=300)
+    outcomes = sorted([first.outcome, second.outcome])
+    assert outcomes == ["applied", "skipped"], (first, second)
+    skipped = first if first.outcome == "skipped" else second
+    assert skipped.detail.startswith("already applied by ")
+    after_history = rollout_history(admin_kubeconfig)
+    assert max(after_history) == max(history) + 1 and len(after_history) == len(history)  # exactly one undo
+    assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).images == broken_release.images
+    claim = await k8s.read_mitigation_claim.fn(kubernetes_cluster, API, incident_id)
+    assert claim is not None and claim.action == "rollback" and claim.run in skipped.detail
+    assert claim.done.startswith("rolled back to revision")  # marked done: never claimed again, not even by its run
+
+    # a later run of the same incident (another worker) finds the claim and does nothing
+    again = await one_run()
+    assert again.outcome == "skipped" and rollout_history(admin_kubeconfig) == after_history
+
+
+async def test_incident_resolved_closes_everything_and_posts_resolved_once(
+    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], receivers_url: str, production_environment: str
+) -> None:
+    """Production (so no dry run can hold it back): PagerDuty resolved, the Opsgenie alert closed by alias, and
+    RESOLVED in the incident's thread once, though two runs of incident-resolved ran (concurrently)."""
+    url, headers = platform_admin
+    httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"models_down": ["qwen"]}).raise_for_status()
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    report = await incident_triage(
+        alert_name="ModelDown",
+        incident_id=incident_id,
+        alert_severity="warning",
+        environment=production_environment,
+        dry_run=True,  # observe: the triage only describes; notifications go out all the same
+    )
+    assert [m.outcome for m in report.mitigations] == ["dry-run"]
+    first = received(receivers_url, "slack")[0]
+    httpx.delete(f"{url}/_sandbox/faults", headers=headers).raise_for_status()
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                incident_resolved(incident_id=incident_id, alert_name="ModelDown", environment=production_environment)
+                for _ in range(2)
+            )
+        ),
+        timeout=120,
+    )
+    await incident_resolved(incident_id=incident_id, alert_name="ModelDown", environment=production_environment)
+
+    resolved = [e for e in received(receivers_url, "slack") if e["body"]["text"].startswith("✅ RESOLVED")]
+    assert len(resolved) == 1 and resolved[0]["body"]["thread_ts"] == first["ts"]
+    assert resolved[0]["body"]["channel"] == first["body"]["channel"] and incident_id in resolved[0]["body"]["text"]
+    closes = [e for e in received(receivers_url, "opsgenie") if e["kind"] == "close"]
+    assert closes and all((e["identifier"], e["identifier_type"]) == (incident_id, "alias") for e in closes)
+    assert [e["dedup_key"] for e in received(receivers_url, "pagerduty") if e["kind"] == "resolve"]
+
+    # an incident no triage recorded: RESOLVED goes to the alerts channel, saying the thread was not found
+    other = f"inc-{uuid.uuid4().hex[:8]}"
+    await incident_resolved(incident_id=other, alert_name="ModelDown", environment=production_environment)
+    [lost] = [e for e in received(receivers_url, "slack") if other in e["body"]["text"]]
+    assert "thread_ts" not in lost["body"] and "thread was not found" in lost["body"]["text"]

@@ -148,6 +148,27 @@ def test_rollback_patch_copies_template_without_hash_and_change_cause() -> None:
     assert replicaset["spec"]["template"]["metadata"]["labels"]["pod-template-hash"] == "abc123"  # input untouched
 
 
+def test_rollback_keeps_the_deployments_mitigation_claims() -> None:
+    """A claim guards the rollback it precedes: the rollback keeps the Deployment's, never a ReplicaSet's copy."""
+    claim = "runbooks.io/mitigation.inc-1"
+    deployment = {"metadata": {"annotations": {claim: "mine"}}, "spec": {"template": _template("api:v3")}}
+    replicaset = {
+        "metadata": {"annotations": {claim: "stale", "runbooks.io/mitigation.inc-0": "old"}},
+        "spec": {"template": _template("api:v2")},
+    }
+    patch = rollback_patch(deployment, replicaset)
+    assert patch is not None and patch[1]["value"] == {claim: "mine"}
+
+
+def test_claim_annotation_is_a_valid_annotation_name() -> None:
+    from tasks.kubernetes.claims import claim_annotation
+
+    assert claim_annotation("inc-1a2b") == "runbooks.io/mitigation.inc-1a2b"
+    long = claim_annotation("alertmanager:" + "x" * 200)
+    prefix, name = long.split("/")
+    assert prefix == "runbooks.io" and len(name) <= 63 and name[-1].isalnum()
+
+
 def test_rollback_to_the_running_template_is_skipped() -> None:
     deployment = {"metadata": {}, "spec": {"template": _template("api:v3")}}
     replicaset = {"metadata": {}, "spec": {"template": _template("api:v3", **{"pod-template-hash": "h"})}}

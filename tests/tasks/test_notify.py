@@ -16,7 +16,7 @@ from starlette.routing import Route
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from kernel.errors import NotificationError
 from kernel.redact import MASK, register_secret
-from tasks.notify import create_opsgenie_alert, post_slack_webhook, send_pagerduty_event
+from tasks.notify import close_opsgenie_alert, create_opsgenie_alert, post_slack_webhook, send_pagerduty_event
 from tests.servers import serve
 
 DB_PASSWORD = "s3cr3t-db-password-for-notify-tests"
@@ -86,3 +86,25 @@ async def test_an_error_body_is_cut_and_redacted(receiver: tuple[Receiver, str])
     text = str(info.value)
     assert "answered 500" in text and DB_PASSWORD not in text
     assert "more characters" in text and len(text) < 600
+
+
+async def test_opsgenie_alert_closed_by_its_alias() -> None:
+    """``POST /v2/alerts/{alias}/close?identifierType=alias``, as the sandbox's Opsgenie receiver records it; the
+    note is redacted like every payload."""
+    import httpx
+
+    from sandbox.receivers import create_app
+
+    tokens = {"slack_webhook_token": "w", "slack_bot_token": "b", "pagerduty_routing_key": "r"}
+    app = create_app(**tokens, opsgenie_api_key="genie-key-0123456789")
+    register_secret(DB_PASSWORD)
+    with serve(app, lifespan="off") as url:
+        opsgenie = OpsgenieNotifier(
+            api_key=SecretStr("genie-key-0123456789"),
+            api_url=f"{url}/opsgenie",  # type: ignore[arg-type]
+        )
+        request_id = await close_opsgenie_alert.fn(opsgenie, "inc-7f3a:x", note=f"cleared; password={DB_PASSWORD}")
+        [closed] = httpx.get(f"{url}/_received", params={"system": "opsgenie"}).json()
+    assert request_id and closed["request_id"] == request_id
+    assert (closed["kind"], closed["identifier"], closed["identifier_type"]) == ("close", "inc-7f3a:x", "alias")
+    assert DB_PASSWORD not in closed["body"]["note"] and MASK in closed["body"]["note"]

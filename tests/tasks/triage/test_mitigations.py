@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tasks.triage.mitigations import MitigationRecord, PlannedAction, carry_out, decide, plan_actions
-from tasks.triage.policy import MitigationRule, load_policy
+from tasks.triage.policy import load_policy
 
 API = "my-api"  # the environment's api_deployment, not a constant
 HEALTHY: dict[str, Any] = {
@@ -63,13 +63,14 @@ def test_scale_out_on_the_policy_thresholds() -> None:
 
 async def test_decide_never_pauses_without_need() -> None:
     planned = PlannedAction(action="restart", target=API)
-    for rule, dry_run, auto_approve in [
-        (MitigationRule(allowed=True, approval=False), False, False),
-        (MitigationRule(allowed=True, approval=True), True, False),  # a dry run asks nobody
-        (MitigationRule(allowed=True, approval=True), False, True),
-    ]:
+    for mode, auto_approve in [("auto", False), ("observe", False), ("approve", True)]:  # observing asks nobody
         record = await decide(
-            planned, "inc-1", rule, dry_run=dry_run, auto_approve=auto_approve, approval_timeout_s=1, what="P2 X"
+            planned,
+            "inc-1",
+            mode,
+            auto_approve=auto_approve,
+            approval_timeout_s=1,
+            what="P2 X",  # type: ignore[arg-type]
         )
         assert (record.outcome, record.key, record.by) == ("dry-run", "inc-1:restart:my-api", "incident-triage")
 
@@ -78,7 +79,7 @@ async def test_decide_never_pauses_without_need() -> None:
 async def test_carry_out_applies_nothing_in_a_dry_run_or_when_rejected(outcome: str) -> None:
     planned = PlannedAction(action="scale_out", target=API, params={"replicas": 10})
     record = MitigationRecord(action="scale_out", target=API, key=planned.key("inc-1"), outcome=outcome)
-    done = await carry_out("no-such-environment", planned, record, dry_run=True)
+    done = await carry_out("no-such-environment", planned, record, observe=True)
     assert done.outcome == outcome
     if outcome == "dry-run":
         assert done.detail == "would scale_out my-api with {'replicas': 10}"

@@ -51,7 +51,6 @@ def test_escalation_matrix_and_mitigation_policy() -> None:
     policy = load_policy()
     assert policy.escalation["P0"].contacts == ["On-call Engineer", "Tech Lead", "Engineering Manager"]
     assert policy.escalation["P1"].slack == "incidents" and policy.escalation["P3"].pagerduty is None
-    assert not policy.mitigation.for_severity("P0").approval and policy.mitigation.for_severity("P2").approval
     assert not policy.mitigation.for_severity("P3").allowed
     assert policy.branch("HighResponseTime").mitigations == ["scale_out"]
     assert policy.branch("Unknown").mitigations == policy.alerts["default"].mitigations
@@ -85,3 +84,13 @@ def test_the_policy_is_read_at_each_run(tmp_path: Path) -> None:
     edited = load_policy(path)
     assert edited.thresholds.error_rate == 0.02
     assert edited.severity({"error_rate": 0.015}) == ("P3", ["no rule matched"])  # the P2 rule follows the anchor
+
+
+def test_modes_per_environment_kind_and_severity() -> None:
+    """The sandbox acts (P2 asks), staging and production ask, P3 only observes; an unknown kind asks."""
+    policy = load_policy()
+    assert [policy.mode("sandbox", s) for s in ("P0", "P1", "P2", "P3")] == ["auto", "auto", "approve", "observe"]
+    for kind in ("staging", "production"):
+        assert [policy.mode(kind, s) for s in ("P0", "P1", "P2", "P3")] == ["approve", "approve", "approve", "observe"]
+    policy.modes.pop("staging")
+    assert policy.mode("staging", "P0") == "approve"

@@ -1,0 +1,211 @@
+"""Mitigation claims: the idempotency key of a destructive action, kept on the Deployment it acts on.
+
+A rollback or a restart must happen once per incident, whichever worker runs the triage and however many runs
+ask for it. The key therefore lives where every worker sees it: an annotation ``runbooks.io/mitigation.<incident>``
+on the Deployment, holding a small JSON record (action, key, run, time). :func:`claim_mitigation` writes it with a
+compare-and-set (the patch carries the ``resourceVersion`` it read, so the API server refuses it with 409 when
+anything changed the object in between) BEFORE the action: of two concurrent runs exactly one claims, the other
+reads the winner's record and reports "already applied by <run>". The record survives the rollback it guards
+(:data:`tasks.kubernetes.deployments.OWN_ANNOTATION_PREFIX`), as the HPA floors' record does
+(:mod:`tasks.kubernetes.autoscaling`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import BaseModel, Field
+
+from blocks.kubernetes import KubernetesCluster
+from kernel.errors import KubernetesError
+from kernel.retry import idempotent_task, read_task
+from tasks.kubernetes._api import kube, namespace_of, run_logger
+from tasks.kubernetes.deployments import OWN_ANNOTATION_PREFIX
+
+CLAIM_PREFIX = f"{OWN_ANNOTATION_PREFIX}mitigation."
+#: how many times a claim re-reads the object after a conflict (each conflict is some other writer's success)
+CLAIM_ATTEMPTS = 10
+
+
+def claim_annotation(incident: str) -> str:
+    """The annotation of ``incident``'s claim: ``runbooks.io/mitigation.<incident>``, its name part a valid
+    annotation name (63 characters of ``[A-Za-z0-9._-]``, alphanumeric at both ends; a long id is hashed)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", incident).strip("-._") or "incident"
+    if len(CLAIM_PREFIX.split("/", 1)[1]) + len(name) > 63:
+        name = name[:36].rstrip("-._") + "-" + hashlib.sha256(incident.encode()).hexdigest()[:12]
+    return CLAIM_PREFIX + name
+
+
+class MitigationClaim(BaseModel):
+    """The record on the Deployment: which action, for which key, by which run, when."""
+
+    incident: str
+    action: str
+    key: str
+    run: str
+    at: str = ""
+    done: str = Field(default="", description="what the action did, once it did it (empty while in progress)")
+    claimed: bool = Field(default=False, description="True when this call wrote the record; False: it was there")
+    deployment: str = ""
+    namespace: str = ""
+
+    def annotation(self) -> str:
+        record = {"incident": self.incident, "action": self.action, "key": self.key, "run": self.run, "at": self.at}
+        if self.done:
+            record["done"] = self.done
+        return json.dumps(record, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, raw: str, where: str) -> MitigationClaim:
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            return cls(
+                incident=str(data["incident"]),
+                action=str(data["action"]),
+                key=str(data["key"]),
+                run=str(data.get("run", "")),
+                at=str(data.get("at", "")),
+                done=str(data.get("done", "")),
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise KubernetesError(
+                f"{where}: unreadable mitigation claim {raw!r}",
+                hint="check by hand whether the mitigation was applied, then remove the annotation",
+                transient=False,
+            ) from err
+
+
+@idempotent_task
+async def claim_mitigation(
+    cluster: KubernetesCluster, name: str, incident: str, action: str, key: str, run: str, namespace: str | None = None
+) -> MitigationClaim:
+    """Claim ``incident``'s mitigation on Deployment ``name`` before acting: write the record with a
+    compare-and-set, or return the record already there (``claimed=False``: someone did it or is doing it).
+
+    Safe to retry: a retry after a lost answer finds its own record (same ``run``, not ``done``) and reports it
+    claimed; a record marked done (:func:`complete_mitigation_claim`) is never claimed again, not even by its run.
+    """
+    ns = namespace_of(cluster, namespace)
+    annotation = claim_annotation(incident)
+    where = f"Deployment {ns}/{name}"
+    async with kube(cluster, f"claiming {action} of incident {incident} on {where}") as k:
+        for _ in range(CLAIM_ATTEMPTS):
+            dep = await k.apps.read_namespaced_deployment(name, ns)
+            raw = (dep.metadata.annotations or {}).get(annotation)
+            if raw:
+                found = MitigationClaim.parse(raw, where)
+                found.claimed = found.run == run and not found.done
+                found.deployment, found.namespace = name, ns
+                return found
+            claim = MitigationClaim(
+                incident=incident,
+                action=action,
+                key=key,
+                run=run,
+                at=datetime.now(UTC).isoformat(),
+                claimed=True,
+                deployment=name,
+                namespace=ns,
+            )
+            body = {
+                "metadata": {
+                    "resourceVersion": dep.metadata.resource_version,  # the compare of compare-and-set
+                    "annotations": {annotation: claim.annotation()},
+                }
+            }
+            try:
+                await k.apps.patch_namespaced_deployment(name, ns, body)
+            except ApiException as err:
+                if err.status == 409:  # changed since we read it: read again and decide
+                    continue
+                raise
+            run_logger().info("%s: %s of incident %s claimed by run %s", where, action, incident, run)
+            return claim
+    raise KubernetesError(
+        f"{where}: could not claim {action} of incident {incident}: the object kept changing",
+        hint="something writes this Deployment continuously: look at its managedFields, then run the triage again",
+        transient=True,
+    )
+
+
+@read_task
+async def read_mitigation_claim(
+    cluster: KubernetesCluster, name: str, incident: str, namespace: str | None = None
+) -> MitigationClaim | None:
+    """``incident``'s claim on Deployment ``name``, or None."""
+    ns = namespace_of(cluster, namespace)
+    async with kube(cluster, f"reading the mitigation claim of incident {incident} on Deployment {ns}/{name}") as k:
+        dep = await k.apps.read_namespaced_deployment(name, ns)
+    raw = (dep.metadata.annotations or {}).get(claim_annotation(incident))
+    if not raw:
+        return None
+    found = MitigationClaim.parse(raw, f"Deployment {ns}/{name}")
+    found.deployment, found.namespace = name, ns
+    return found
+
+
+@idempotent_task
+async def release_mitigation_claim(
+    cluster: KubernetesCluster, name: str, incident: str, run: str, namespace: str | None = None
+) -> bool:
+    """Remove ``incident``'s claim if ``run`` holds it (the action it guarded never happened, so a re-run may
+    try again). Compare-and-set too: a claim of another run is never removed. True when removed."""
+    ns = namespace_of(cluster, namespace)
+    annotation = claim_annotation(incident)
+    where = f"Deployment {ns}/{name}"
+    async with kube(cluster, f"releasing the mitigation claim of incident {incident} on {where}") as k:
+        for _ in range(CLAIM_ATTEMPTS):
+            dep = await k.apps.read_namespaced_deployment(name, ns)
+            raw = (dep.metadata.annotations or {}).get(annotation)
+            if not raw or MitigationClaim.parse(raw, where).run != run:
+                return False
+            body = {"metadata": {"resourceVersion": dep.metadata.resource_version, "annotations": {annotation: None}}}
+            try:
+                await k.apps.patch_namespaced_deployment(name, ns, body)
+            except ApiException as err:
+                if err.status == 409:
+                    continue
+                raise
+            run_logger().info("%s: claim of incident %s by run %s released", where, incident, run)
+            return True
+    return False
+
+
+@idempotent_task
+async def complete_mitigation_claim(
+    cluster: KubernetesCluster, name: str, incident: str, run: str, done: str, namespace: str | None = None
+) -> bool:
+    """Mark ``run``'s claim done, with what the action did (for whoever reads the Deployment next). True when
+    marked; a claim of another run is left alone."""
+    ns = namespace_of(cluster, namespace)
+    annotation = claim_annotation(incident)
+    where = f"Deployment {ns}/{name}"
+    async with kube(cluster, f"completing the mitigation claim of incident {incident} on {where}") as k:
+        for _ in range(CLAIM_ATTEMPTS):
+            dep = await k.apps.read_namespaced_deployment(name, ns)
+            raw = (dep.metadata.annotations or {}).get(annotation)
+            if not raw:
+                return False
+            claim = MitigationClaim.parse(raw, where)
+            if claim.run != run:
+                return False
+            claim.done = done[:500]
+            body = {
+                "metadata": {
+                    "resourceVersion": dep.metadata.resource_version,
+                    "annotations": {annotation: claim.annotation()},
+                }
+            }
+            try:
+                await k.apps.patch_namespaced_deployment(name, ns, body)
+            except ApiException as err:
+                if err.status == 409:
+                    continue
+                raise
+            return True
+    return False
