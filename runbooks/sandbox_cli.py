@@ -52,4 +52,8 @@ def cmd_sandbox(args: argparse.Namespace, *, say: Callable[[str], None]) -> int:
         return 0 if all(s.healthy for s in statuses) else 1
     elif args.action == "env":
         print("\n".join(sandbox.export_lines()))
+    elif args.action == "fault":
+        from sandbox.faults import inject
+
+        say(inject(args.name, sandbox.settings, sandbox.state))
     return 0

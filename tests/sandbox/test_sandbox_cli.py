@@ -160,6 +160,9 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "k8s_etcd_port",
         "k8s_kubelet_port",
         "k8s_metrics_port",
+        "gateway_port",
+        "prometheus_port",
+        "alertmanager_port",
     ):
         env[f"RUNBOOKS_SANDBOX_{field.upper()}"] = str(getattr(settings, field))
 
