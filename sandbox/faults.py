@@ -198,9 +198,10 @@ def inject(name: str, settings: SandboxSettings, state: SandboxState) -> str:
     try:
         if name == "clear":
             ctx.clear_faults()
-            if ctx.cluster_running():
-                ctx.delete_rules()
-            return "faults cleared: platform double reset to healthy, node behaviour rules removed"
+            if not ctx.cluster_running():
+                return "faults cleared: platform double healthy (no sandbox cluster, so no node rules to remove)"
+            ctx.delete_rules()
+            return "faults cleared: platform double healthy, node behaviour rules removed"
         fault = FAULTS[name]
         changed = []
         if fault.platform is not None:
