@@ -228,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--only", help="comma-separated component names")
         if action == "status":
             p.add_argument("--json", action="store_true")
+    fault = sb_sub.add_parser(
+        "fault",
+        help="inject a production failure (the matching alert fires, the triage runs); `clear` undoes them all",
+        description="Faults add up; `runbooks sandbox fault clear` undoes them all.",
+    )
+    fault.add_argument(
+        "name",
+        help="model-down, error-rate, latency, crashloop-release, memory-growth, leaked-key, service-down, or clear",
+    )
     sb.set_defaults(func=cmd_sandbox)
 
     bl = sub.add_parser("blocks", help="Prefect blocks")

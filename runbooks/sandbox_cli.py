@@ -34,7 +34,7 @@ def cmd_sandbox(args: argparse.Namespace, *, say: Callable[[str], None]) -> int:
     only = args.only.split(",") if getattr(args, "only", None) else None
     if args.action == "up":
         for status in sandbox.up(only, progress=say):
-            say(f"  {status.name:<10} up   {status.address}")
+            say(f"  {status.name:<12} up   {status.address}")
         say(
             'sandbox is up: `eval "$(runbooks sandbox env)"`; Prefect UI at '
             f"http://{sandbox.settings.host}:{sandbox.settings.prefect_port}"
@@ -48,8 +48,12 @@ def cmd_sandbox(args: argparse.Namespace, *, say: Callable[[str], None]) -> int:
             print(json.dumps([s.__dict__ for s in statuses], indent=2))
         else:
             for s in statuses:
-                print(f"{s.name:<10} {'healthy' if s.healthy else 'DOWN   '}  {s.address:<40} {s.detail}")
+                print(f"{s.name:<12} {'healthy' if s.healthy else 'DOWN   '}  {s.address:<40} {s.detail}")
         return 0 if all(s.healthy for s in statuses) else 1
     elif args.action == "env":
         print("\n".join(sandbox.export_lines()))
+    elif args.action == "fault":
+        from sandbox.faults import inject
+
+        say(inject(args.name, sandbox.settings, sandbox.state))
     return 0

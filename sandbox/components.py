@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import sys
 import time
@@ -610,3 +611,214 @@ def _prefect_api(settings: SandboxSettings) -> Any:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     return temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The alerting chain: Prometheus scrapes and evaluates alerting/rules/*.yml, Alertmanager routes what fires to
+# the alert gateway, the gateway hands it to Prefect (the incident-triage deployment's trigger).
+
+#: the alerting rules of the platform (the product's, not the sandbox's: production Prometheus loads them too)
+RULES_DIR = PROJECT_DIR / "alerting" / "rules"
+#: the sandbox scrapes and evaluates every 5 s (production: 15-30 s) so a fault fires its alert within about a
+#: minute of ``runbooks sandbox fault`` (rules' ``for:`` plus a rate window), not after several
+SCRAPE_INTERVAL = "5s"
+
+
+def _binary(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise SandboxError(f"{name} is not installed", hint=f"apt-get install {package} (./dev up does it)")
+    return found
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it may hold a token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+class GatewayComponent(ProcessComponent):
+    """``runbooks gateway serve``: alerts in (Alertmanager's webhook), events out to the sandbox's Prefect."""
+
+    name = "gateway"
+    health_path = "/healthz"
+
+    @property
+    def port(self) -> int:
+        return self.settings.gateway_port
+
+    @property
+    def db_path(self) -> Path:
+        return self.settings.home / "gateway" / "gateway.sqlite3"
+
+    def argv(self) -> list[str]:
+        return [
+            *[sys.executable, "-m", "runbooks.cli", "gateway", "serve"],
+            *["--host", self.settings.host, "--port", str(self.port)],
+        ]
+
+    def process_env(self) -> dict[str, str]:
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            **os.environ,
+            **prefect_env(self.settings),
+            "RUNBOOKS_GATEWAY_TOKEN": self.state.secrets()["gateway_token"],
+            "RUNBOOKS_GATEWAY_DB_PATH": str(self.db_path),
+            "RUNBOOKS_GATEWAY_PREFECT_API_URL": self.settings.prefect_api_url,
+        }
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_GATEWAY_URL": self.address}
+
+
+class AlertmanagerComponent(ProcessComponent):
+    """Debian's prometheus-alertmanager: every alert to the gateway's ``/alerts/alertmanager``."""
+
+    name = "alertmanager"
+    health_path = "/-/ready"
+
+    @property
+    def port(self) -> int:
+        return self.settings.alertmanager_port
+
+    @property
+    def config_path(self) -> Path:
+        return self.settings.home / "alertmanager" / "alertmanager.yml"
+
+    @property
+    def token_path(self) -> Path:
+        return self.settings.home / "alertmanager" / "gateway-token"
+
+    def config(self) -> dict[str, Any]:
+        """Alertmanager's configuration: one route, one receiver (the gateway), short waits for the sandbox."""
+        return {
+            "route": {
+                "receiver": "runbooks-gateway",
+                "group_by": ["alertname"],
+                "group_wait": "2s",  # production: 30s; the sandbox wants the triage to start at once
+                "group_interval": "10s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [
+                {
+                    "name": "runbooks-gateway",
+                    "webhook_configs": [
+                        {
+                            "url": GatewayComponent(self.settings, self.state).address + "/alerts/alertmanager",
+                            "send_resolved": True,
+                            # the token is read from a file (mode 0600), never written into the configuration
+                            "http_config": {
+                                "authorization": {"type": "Bearer", "credentials_file": str(self.token_path)}
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+
+    def write_config(self) -> Path:
+        import yaml
+
+        _write_private(self.token_path, self.state.secrets()["gateway_token"])
+        _write_private(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
+        return self.config_path
+
+    def up(self) -> None:
+        self.write_config()
+        super().up()
+
+    def argv(self) -> list[str]:
+        return [
+            _binary("prometheus-alertmanager", "prometheus-alertmanager"),
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.settings.home / 'alertmanager' / 'data'}",
+            f"--web.listen-address={self.settings.host}:{self.port}",
+            "--cluster.listen-address=",  # a single instance: no gossip port
+        ]
+
+    def env(self) -> dict[str, str]:
+        return {"ALERTMANAGER_URL": self.address}
+
+
+class PrometheusComponent(ProcessComponent):
+    """Debian's prometheus: scrapes the platform double, evaluates ``alerting/rules/*.yml``, alerts Alertmanager."""
+
+    name = "prometheus"
+    health_path = "/-/ready"
+
+    @property
+    def port(self) -> int:
+        return self.settings.prometheus_port
+
+    @property
+    def config_path(self) -> Path:
+        return self.settings.home / "prometheus" / "prometheus.yml"
+
+    def config(self) -> dict[str, Any]:
+        host = self.settings.host
+
+        def job(name: str, port: int) -> dict[str, Any]:
+            return {"job_name": name, "static_configs": [{"targets": [f"{host}:{port}"]}]}
+
+        return {
+            "global": {
+                "scrape_interval": SCRAPE_INTERVAL,
+                "evaluation_interval": SCRAPE_INTERVAL,
+                "external_labels": {"environment": self.settings.environment},
+            },
+            "rule_files": [str(RULES_DIR / "*.yml")],
+            "alerting": {
+                "alertmanagers": [{"static_configs": [{"targets": [f"{host}:{self.settings.alertmanager_port}"]}]}]
+            },
+            "scrape_configs": [
+                # the job name is the rules' contract: ServiceDown watches up{job="ai-multimodel-api"}
+                job("ai-multimodel-api", self.settings.platform_port),
+                job("alertmanager", self.settings.alertmanager_port),
+                job("prometheus", self.port),
+                # Not scraped: the alert gateway (it serves no /metrics yet; add a job here once it does), and the
+                # simulated node: it serves metrics.k8s.io JSON over client-certificate TLS (kubectl top), not the
+                # Prometheus text format, so there is nothing Prometheus could read from it.
+            ],
+        }
+
+    def write_config(self) -> Path:
+        import yaml
+
+        _write_private(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
+        return self.config_path
+
+    def up(self) -> None:
+        self.write_config()
+        super().up()
+
+    def argv(self) -> list[str]:
+        return [
+            _binary("prometheus", "prometheus"),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.settings.home / 'prometheus' / 'data'}",
+            "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address={self.settings.host}:{self.port}",
+        ]
+
+    def status(self) -> ComponentStatus:
+        base = super().status()
+        if not base.healthy:
+            return base
+        try:
+            targets = httpx.get(self.address + "/api/v1/targets", timeout=2.0).json()["data"]["activeTargets"]
+            alerts = httpx.get(self.address + "/api/v1/alerts", timeout=2.0).json()["data"]["alerts"]
+        except (httpx.HTTPError, ValueError, KeyError) as err:
+            return ComponentStatus(self.name, False, self.address, f"API: {err}")
+        up = sum(t.get("health") == "up" for t in targets)
+        firing = sorted({a["labels"]["alertname"] for a in alerts if a.get("state") == "firing"})
+        return ComponentStatus(
+            self.name,
+            True,
+            self.address,
+            f"{up}/{len(targets)} targets up; firing: {', '.join(firing) or 'nothing'}",
+        )
+
+    def env(self) -> dict[str, str]:
+        return {"PROMETHEUS_URL": self.address}

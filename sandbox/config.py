@@ -52,6 +52,10 @@ class SandboxSettings(BaseSettings):
     k8s_kubelet_port: int = 10250
     k8s_metrics_port: int = 4443
     k8s_service_cidr: str = "127.64.0.0/16"
+    # the alerting chain: Prometheus (Debian's) -> Alertmanager (Debian's) -> the alert gateway -> Prefect
+    gateway_port: int = 8102
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
     startup_timeout_s: float = 90.0
 
     def url(self, port: int, path: str = "") -> str:
@@ -75,6 +79,7 @@ SECRET_NAMES = (
     "pagerduty_routing_key",
     "opsgenie_api_key",
     "backup_encryption_key",
+    "gateway_token",  # Alertmanager's bearer token at the alert gateway
 )
 
 

@@ -7,12 +7,15 @@ from collections.abc import Callable, Iterable
 
 from kernel.errors import SandboxError
 from sandbox.components import (
+    AlertmanagerComponent,
     Component,
     ComponentStatus,
+    GatewayComponent,
     PlatformComponent,
     PostgresComponent,
     PrefectServerComponent,
     PrefectWorkerComponent,
+    PrometheusComponent,
     ReceiversComponent,
     RedisComponent,
     S3Component,
@@ -20,7 +23,8 @@ from sandbox.components import (
 from sandbox.config import SandboxSettings, SandboxState
 from sandbox.k8s.controlplane import KubernetesComponent
 
-#: In start order; they stop in reverse. The Kubernetes control plane slots in before the worker.
+#: In start order; they stop in reverse. The Kubernetes control plane slots in before the worker; the alerting
+#: chain comes last, receiver first (gateway, then Alertmanager, then Prometheus, which sends to it).
 COMPONENTS: tuple[type[Component], ...] = (
     PostgresComponent,
     RedisComponent,
@@ -30,6 +34,9 @@ COMPONENTS: tuple[type[Component], ...] = (
     KubernetesComponent,
     PrefectServerComponent,
     PrefectWorkerComponent,
+    GatewayComponent,
+    AlertmanagerComponent,
+    PrometheusComponent,
 )
 
 

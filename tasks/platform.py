@@ -55,6 +55,12 @@ class PlatformMetrics(BaseModel):
     models_up: dict[str, bool] = Field(default_factory=dict)
 
 
+#: summaries whose 0.95 quantile is the current p95 response time: the platform exposes the sliding-window one
+#: beside its histogram ``http_response_time_seconds`` (whose counters since start-up cannot give a current p95
+#: from a single scrape); a platform that exposes ``http_response_time_seconds`` as a summary is read too
+RESPONSE_TIME_SUMMARIES = frozenset({"http_response_time_recent_seconds", "http_response_time_seconds"})
+
+
 def summarize_metrics(samples: list[MetricSample]) -> PlatformMetrics:
     by_status: dict[str, float] = defaultdict(float)
     metrics = PlatformMetrics()
@@ -63,7 +69,7 @@ def summarize_metrics(samples: list[MetricSample]) -> PlatformMetrics:
             by_status[s.labels.get("status", "unknown")] += s.value
         elif s.name == "error_rate" and not s.labels:
             metrics.error_rate = s.value
-        elif s.name.startswith("http_response_time_seconds") and s.labels.get("quantile") == "0.95":
+        elif s.name in RESPONSE_TIME_SUMMARIES and s.labels.get("quantile") == "0.95":
             metrics.response_time_p95_s = s.value
         elif s.name in {"cpu_usage_ratio", "process_cpu_usage_ratio"}:
             metrics.cpu = s.value

@@ -217,6 +217,9 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "k8s_etcd_port": free_port(span=12),  # etcd client/peer, controller-manager +10, scheduler +11
         "k8s_kubelet_port": free_port(),
         "k8s_metrics_port": free_port(),
+        "gateway_port": free_port(),
+        "prometheus_port": free_port(),
+        "alertmanager_port": free_port(),
         "startup_timeout_s": 60.0,
     }
     values.update(overrides)

@@ -82,12 +82,24 @@ async def head_health(state: State) -> Response:
 
 
 async def get_metrics(state: State) -> PrometheusResponse:
-    """Prometheus text exposition: request counters, error rate, latency, CPU, memory, per-model gauges."""
+    """Prometheus text exposition: request counters, error rate, latency, CPU, memory, per-model gauges.
+
+    While the ``service_down`` fault is on it answers 503, as a service that is down fails its scrapes (so
+    Prometheus' ``up`` for the platform goes to 0)."""
+    if state.faults.service_down:
+        return PrometheusResponse("# service down\n", status_code=503)
     return PrometheusResponse(state.metrics())
 
 
 for _path, _name in (("/metrics", "get_metrics"), ("/api/v1/metrics", "get_metrics_v1")):
-    public.add_api_route(_path, get_metrics, name=_name, response_class=PrometheusResponse, tags=["metrics"])
+    public.add_api_route(
+        _path,
+        get_metrics,
+        name=_name,
+        response_class=PrometheusResponse,
+        tags=["metrics"],
+        responses={503: {"description": "Service down (the service_down fault)"}},
+    )
 
 
 @public.get("/api/v1/models", tags=["models"])

@@ -23,6 +23,11 @@ HISTORY_S = 86_400.0  # traffic already counted when the sandbox starts
 CHECK_INTERVAL_S = 10.0  # the platform's periodic health checks of each model
 DEGRADED_ERROR_RATE, DEGRADED_LATENCY_MS = 0.05, 3_000.0
 QUANTILES = {"0.5": 0.9, "0.95": 1.8, "0.99": 2.6}  # latency quantiles as multiples of the mean
+# The latency distribution behind both: a piecewise-linear CDF through the quantiles above (multiple of the mean,
+# share of requests at or under it). The histogram's buckets are filled from it as traffic accumulates, so
+# histogram_quantile over a rate() window follows a latency fault within a scrape or two.
+LATENCY_CDF = ((0.0, 0.0), (0.9, 0.5), (1.8, 0.95), (2.6, 0.99), (4.0, 1.0))
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)  # 1.5 and 3 s: the thresholds
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 CLIENT_ERROR_SHARE = 0.02  # 4xx share of the requests that did not fail with a 5xx
 LEAK_PER_HOUR, LEAK_HISTORY_S, LEAK_IPS = 2_400.0, 6 * 3_600.0, 40
@@ -73,6 +78,17 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
+def latency_share(bound_s: float, mean_ms: float) -> float:
+    """Share of requests answered within ``bound_s`` when the mean response time is ``mean_ms`` (LATENCY_CDF)."""
+    if mean_ms <= 0:
+        return 1.0
+    x = bound_s * 1000 / mean_ms
+    for (x0, y0), (x1, y1) in zip(LATENCY_CDF, LATENCY_CDF[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return 1.0
+
+
 def _aggregate(statuses: list[m.ModelStatus]) -> m.ModelStatus:
     live = [s for s in statuses if s != "disabled"]
     if not live:
@@ -98,6 +114,9 @@ class Model:
     opened_at: float | None = None
     open_until: float | None = None
     requests: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STATUS_CLASSES, 0.0))
+    # response-time histogram: cumulative counts per bound of LATENCY_BUCKETS_S (then +Inf = all), sum in seconds
+    latency_buckets: list[float] = field(default_factory=lambda: [0.0] * len(LATENCY_BUCKETS_S))
+    latency_sum_s: float = 0.0
     lb_requests: float = 0.0  # since the last load-balancer stats reset
 
     def open_breaker(self, at: float, seconds: float) -> None:
@@ -194,6 +213,10 @@ class PlatformState:
             x.requests["5xx"] += served * err
             x.requests["4xx"] += served * (1 - err) * CLIENT_ERROR_SHARE
             x.requests["2xx"] += served * (1 - err) * (1 - CLIENT_ERROR_SHARE)
+            latency_ms = self._latency(x)
+            for i, bound in enumerate(LATENCY_BUCKETS_S):
+                x.latency_buckets[i] += served * latency_share(bound, latency_ms)
+            x.latency_sum_s += served * latency_ms / 1000
             x.lb_requests += served
         self.cpu_seconds += self._cpu_ratio() * dt
 
@@ -367,8 +390,27 @@ class PlatformState:
             ("error_rate", "gauge", "Share of requests failing with a 5xx right now.", [("", round(err, 6))]),
             (
                 "http_response_time_seconds",
+                "histogram",
+                "Response time of AI requests, by model.",
+                [
+                    (f'_bucket{{model="{n}",le="{b}"}}', int(c))
+                    for n, x in self.models.items()
+                    for b, c in zip(LATENCY_BUCKETS_S, x.latency_buckets, strict=True)
+                ]
+                + [
+                    sample
+                    for n, x in self.models.items()
+                    for sample in (
+                        (f'_bucket{{model="{n}",le="+Inf"}}', int(sum(x.requests.values()))),
+                        (f'_sum{{model="{n}"}}', round(x.latency_sum_s, 3)),
+                        (f'_count{{model="{n}"}}', int(sum(x.requests.values()))),
+                    )
+                ],
+            ),
+            (
+                "http_response_time_recent_seconds",
                 "summary",
-                "Response time of AI requests.",
+                "Response time quantiles of AI requests over the last minute (a sliding-window summary).",
                 [(f'{{quantile="{q}"}}', round(latency * f / 1000, 6)) for q, f in QUANTILES.items()]
                 + [("_sum", round(count * latency / 1000, 3)), ("_count", int(count))],
             ),

@@ -251,7 +251,7 @@ def test_healthy_baseline(api: httpx.Client) -> None:
     assert api.get("/health").json()["status"] == "healthy"
     assert {m["status"] for m in api.get("/api/v1/models").json()["models"]} == {"active"}
     assert metric(api, "error_rate") < 0.05
-    assert metric(api, "http_response_time_seconds", quantile="0.95") < 2.0
+    assert metric(api, "http_response_time_recent_seconds", quantile="0.95") < 2.0
     assert api.get("/api/v2/summary.json").json()["incidents"] == []
     assert api.get("/api/v1/analytics/anomalies").json()["anomalies"] == []
     assert api.get("/metrics").headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
@@ -312,17 +312,19 @@ def test_service_down(api: httpx.Client, admin: httpx.Client) -> None:
     check_documented("GET", "/health", response)
     assert api.head("/health").status_code == 503
     assert api.get("/api/v2/summary.json").json()["status"]["indicator"] == "critical"
+    assert api.get("/metrics").status_code == 503  # a service that is down fails its scrapes
     set_faults(admin, service_down=False)
     assert api.get("/health").status_code == 200 and api.head("/health").status_code == 200
+    assert api.get("/metrics").status_code == 200
 
 
 def test_latency_fault(api: httpx.Client, admin: httpx.Client) -> None:
     before = {m["name"]: m["avg_latency"] for m in api.get("/api/v1/analytics/latency?window=1h").json()["models"]}
-    p95 = metric(api, "http_response_time_seconds", quantile="0.95")
+    p95 = metric(api, "http_response_time_recent_seconds", quantile="0.95")
     set_faults(admin, latency_ms=4000)
     after = {m["name"]: m["avg_latency"] for m in api.get("/api/v1/analytics/latency?window=1h").json()["models"]}
     assert all(after[n] == pytest.approx(before[n] + 4000) for n in MODEL_NAMES)
-    assert metric(api, "http_response_time_seconds", quantile="0.95") > p95 + 4
+    assert metric(api, "http_response_time_recent_seconds", quantile="0.95") > p95 + 4
     assert {m["status"] for m in api.get("/api/v1/models").json()["models"]} == {"degraded"}
 
 
@@ -621,3 +623,48 @@ def test_uvicorn_refuses_to_start_without_the_token() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode != 0 and f"{ADMIN_TOKEN_ENV} is not set" in done.stderr
+
+
+def _histogram(api: httpx.Client) -> tuple[dict[float, float], float, float]:
+    """The response-time histogram summed over the models: (cumulative count per bound, sum, count)."""
+    from tasks.platform import parse_prometheus
+
+    buckets: dict[float, float] = {}
+    total = {"_sum": 0.0, "_count": 0.0}
+    for s in parse_prometheus(api.get("/metrics").text):
+        if s.name == "http_response_time_seconds_bucket":
+            le = float(s.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + s.value
+        elif s.name.startswith("http_response_time_seconds_"):
+            total[s.name.removeprefix("http_response_time_seconds")] += s.value
+    return buckets, total["_sum"], total["_count"]
+
+
+def _quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """histogram_quantile over the increase between two scrapes (linear within a bucket, as Prometheus does)."""
+    bounds = sorted(after)
+    increase = [after[b] - before[b] for b in bounds]
+    rank, lower, below = q * increase[-1], 0.0, 0.0
+    for bound, count in zip(bounds, increase, strict=True):
+        if count >= rank:
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return bounds[-2]
+
+
+def test_response_time_is_a_histogram_that_follows_latency(
+    api: httpx.Client, admin: httpx.Client, clock: FakeClock
+) -> None:
+    admin.delete("/_sandbox/faults").raise_for_status()
+    first, sum_1, count_1 = _histogram(api)
+    assert count_1 == first[float("inf")]
+    assert [first[k] for k in sorted(first)] == sorted(first.values())  # cumulative
+    clock.advance(120)
+    second, sum_2, count_2 = _histogram(api)
+    assert count_2 > count_1 and sum_2 > sum_1  # the counters keep rising
+    assert _quantile(0.95, first, second) < 1.5  # healthy: under the HighResponseTime threshold
+    set_faults(admin, latency_ms=3000)
+    clock.advance(120)
+    third, _, _ = _histogram(api)
+    assert _quantile(0.95, second, third) > 3.0  # over the severe threshold within one rate window
+    admin.delete("/_sandbox/faults").raise_for_status()

@@ -163,6 +163,9 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "k8s_etcd_port",
         "k8s_kubelet_port",
         "k8s_metrics_port",
+        "gateway_port",
+        "prometheus_port",
+        "alertmanager_port",
     ):
         env[f"RUNBOOKS_SANDBOX_{field.upper()}"] = str(getattr(settings, field))
 
@@ -237,5 +240,8 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
     assert down.returncode == 0, down.stderr
     assert not any(processes.is_alive(pid) for pid in pids)
     assert _processes_holding(settings.home) == []
-    for port in (settings.s3_port, settings.platform_port, settings.receivers_port, settings.prefect_port):
+    for port in (
+        *(settings.s3_port, settings.platform_port, settings.receivers_port, settings.prefect_port),
+        *(settings.gateway_port, settings.alertmanager_port, settings.prometheus_port),
+    ):
         assert not port_open("127.0.0.1", port)

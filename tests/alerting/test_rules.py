@@ -1,0 +1,63 @@
+"""The alerting rules in ``alerting/rules/``: promtool's unit tests, and the thresholds the triage policy uses."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kernel import processes
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = sorted((ROOT / "alerting" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((ROOT / "alerting" / "tests").glob("*.yml"))
+POLICY = ROOT / "tasks" / "triage" / "policy.yaml"
+
+#: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown
+EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown"}
+
+
+def _rules() -> dict[str, dict[str, object]]:
+    found = {}
+    for path in RULES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    found[rule["alert"]] = rule
+    return found
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus; ./dev and .ci/run do it)")
+    return promtool
+
+
+def test_rule_files_are_valid() -> None:
+    result = processes.run([_promtool(), "check", "rules", *map(str, RULES)], timeout_s=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rules_pass_their_unit_tests() -> None:
+    assert RULE_TESTS
+    result = processes.run([_promtool(), "test", "rules", *map(str, RULE_TESTS)], timeout_s=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_seed_alert_has_a_rule() -> None:
+    assert EXPECTED <= set(_rules())
+
+
+def test_thresholds_are_the_triage_policy_ones() -> None:
+    """One number per threshold: the rules fire exactly where the triage stops calling the platform healthy."""
+    thresholds = yaml.safe_load(POLICY.read_text())["thresholds"]
+    rules = _rules()
+    for alert, key in (("HighErrorRate", "error_rate"), ("HighResponseTime", "response_time_p95_s")):
+        match = re.search(r">\s*([0-9.]+)\s*$", str(rules[alert]["expr"]).strip())
+        assert match, f"{alert}: no trailing '> threshold' in its expr"
+        assert float(match.group(1)) == thresholds[key], f"{alert} and policy.yaml thresholds.{key} differ"
