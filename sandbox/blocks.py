@@ -13,6 +13,7 @@ from blocks.kubernetes import KubernetesCluster
 from blocks.notify import OpsgenieNotifier, PagerDutyNotifier, SlackNotifier
 from blocks.platform import PlatformAPI
 from blocks.postgres import PostgresDatabase
+from blocks.prometheus import PrometheusServer
 from blocks.redis import RedisDatabase
 from blocks.registry import register_block_types, save_environment
 from sandbox.config import SandboxSettings, SandboxState
@@ -33,6 +34,7 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
     )
     return RunbookEnvironment(
         kubernetes=_kubernetes(settings, state),
+        prometheus=_prometheus(settings, state),
         kind="sandbox",
         platform=PlatformAPI(
             base_url=platform_url,
@@ -59,6 +61,16 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
             key_id=f"{settings.environment}-backups", key=SecretStr(secrets["backup_encryption_key"])
         ),
     )
+
+
+def _prometheus(settings: SandboxSettings, state: SandboxState) -> PrometheusServer | None:
+    """The sandbox's Prometheus, where it runs (the enrichers then read error rate and p95 from it)."""
+    from kernel import processes
+
+    pid = state.get("prometheus").get("pid")
+    if not (pid and processes.is_alive(int(pid))):
+        return None
+    return PrometheusServer(url=settings.url(settings.prometheus_port))
 
 
 def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesCluster | None:

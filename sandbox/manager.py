@@ -33,10 +33,12 @@ COMPONENTS: tuple[type[Component], ...] = (
     ReceiversComponent,
     KubernetesComponent,
     PrefectServerComponent,
-    PrefectWorkerComponent,
+    # the alerting chain before the worker: the worker saves the environment's blocks, and they name the
+    # Prometheus that is up (sandbox.blocks.sandbox_environment)
     GatewayComponent,
     AlertmanagerComponent,
     PrometheusComponent,
+    PrefectWorkerComponent,
 )
 
 

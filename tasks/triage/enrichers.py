@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from blocks.environment import RunbookEnvironment
+from kernel.errors import PrometheusError
 from tasks import kubernetes as k8s
 from tasks.platform import check_health, fetch_metrics, list_models
 from tasks.postgres import check_postgres
@@ -56,13 +57,17 @@ async def enrich_metrics(env: RunbookEnvironment, policy: TriagePolicy) -> Findi
     source = "/metrics"
     by_status: dict[str, float] = {}
     if env.prometheus is not None:
-        error_rate, p95 = await asyncio.gather(
-            _promql(env, policy.measurements.error_rate), _promql(env, policy.measurements.response_time_p95_s)
-        )
         source = f"Prometheus ({env.prometheus.url})"
-    if error_rate is None and p95 is None:  # no Prometheus, or it has no data: the service's own figures
-        if env.prometheus is not None:
-            source = f"/metrics (Prometheus at {env.prometheus.url} has no data)"
+        try:
+            error_rate, p95 = await asyncio.gather(
+                _promql(env, policy.measurements.error_rate), _promql(env, policy.measurements.response_time_p95_s)
+            )
+        except PrometheusError as err:  # the figures still matter more than where they come from
+            source = f"/metrics (Prometheus at {env.prometheus.url} failed: {describe_error(err)})"
+        else:
+            if error_rate is None and p95 is None:
+                source = f"/metrics (Prometheus at {env.prometheus.url} has no data)"
+    if error_rate is None and p95 is None:  # no Prometheus, or nothing from it: the service's own figures
         m = await fetch_metrics(env.platform)
         error_rate, p95, by_status = m.error_rate, m.response_time_p95_s, m.requests_by_status
     return Finding(

@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 
 from blocks.environment import RunbookEnvironment
+from blocks.prometheus import PrometheusServer
 from kernel.redact import MASK
 from tasks.platform import PlatformMetrics
 from tasks.triage import enrichers
@@ -106,3 +107,16 @@ async def test_no_data_in_prometheus_falls_back_to_metrics_and_says_so(
         finding = await enrich_metrics(env, policy)
     assert finding.ok and finding.facts["error_rate"] == 0.0
     assert "has no data" in finding.facts["metrics_source"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_prometheus_down_falls_back_to_metrics_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fetch(platform: Any) -> PlatformMetrics:
+        return PlatformMetrics(error_rate=0.5, response_time_p95_s=0.2)
+
+    monkeypatch.setattr(enrichers, "fetch_metrics", fetch)
+    down = PrometheusServer(url="http://127.0.0.1:9")
+    env = cast(RunbookEnvironment, type("Env", (), {"platform": None, "prometheus": down})())
+    finding = await enrich_metrics(env, load_policy())
+    assert finding.ok is False and finding.facts["error_rate"] == 0.5
+    assert "failed" in finding.facts["metrics_source"] and "cannot reach Prometheus" in finding.facts["metrics_source"]

@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tasks.reporting import emit
 from tasks.triage.enrichers import Finding
 from tasks.triage.mitigations import MitigationRecord
@@ -33,6 +35,7 @@ def test_postmortem_markdown() -> None:
     assert row in text.split("## Timeline")[1]
 
 
+@pytest.mark.usefixtures("prefect_harness")
 async def test_timeline_comes_from_the_incidents_events() -> None:
     incident = f"inc-{uuid.uuid4().hex[:8]}"
     since = datetime.now(UTC) - timedelta(minutes=1)
