@@ -33,7 +33,7 @@ def prefect_harness() -> None:
 def _need(*binaries: str) -> None:
     missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (apt-get install prometheus prometheus-alertmanager)")
+        pytest.fail(f"not installed: {', '.join(missing)} (apt-get install prometheus prometheus-alertmanager)")
 
 
 def _poll(check: Callable[[], Any], *, timeout_s: float, what: str) -> Any:
