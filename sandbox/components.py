@@ -777,9 +777,9 @@ class PrometheusComponent(ProcessComponent):
                 job("ai-multimodel-api", self.settings.platform_port),
                 job("alertmanager", self.settings.alertmanager_port),
                 job("prometheus", self.port),
-                # Not scraped: the alert gateway (it serves no /metrics yet; add a job here once it does), and the
-                # simulated node: it serves metrics.k8s.io JSON over client-certificate TLS (kubectl top), not the
-                # Prometheus text format, so there is nothing Prometheus could read from it.
+                job("runbooks-gateway", self.settings.gateway_port),
+                # Not scraped: the simulated node. It serves metrics.k8s.io JSON over client-certificate TLS
+                # (kubectl top), not the Prometheus text format: there is nothing Prometheus could read from it.
             ],
         }
 

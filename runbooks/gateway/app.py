@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.json_schema import models_json_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -354,6 +355,41 @@ class Deliverer:
         )
 
 
+class GatewayMetrics:
+    """The gateway's own figures, in a registry of this app's (prometheus_client, not a hand-written exposition)."""
+
+    def __init__(self, store: GatewayStore) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.alerts = Counter(
+            "runbooks_gateway_alerts",
+            "Alerts accepted, by source (alertmanager, grafana, generic) and outcome (opened, resolved, ...).",
+            ["source", "action"],
+            registry=self.registry,
+        )
+        outbox = Gauge(
+            "runbooks_gateway_outbox_events",
+            "Events to Prefect by state: pending, delivered (kept for the retention), dead (refused by Prefect).",
+            ["state"],
+            registry=self.registry,
+        )
+        self._store = store
+        self._outbox = outbox
+
+    def count(self, source: str, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self.alerts.labels(source, outcome.action).inc()
+
+    def render(self) -> bytes:
+        counts = self._store.counts()
+        for state, value in (
+            ("pending", counts.pending),
+            ("delivered", counts.delivered),
+            ("dead", counts.dead_lettered),
+        ):
+            self._outbox.labels(state).set(value)
+        return generate_latest(self.registry)
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     if settings.token is None and settings.hmac_secret is None:
@@ -379,6 +415,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             store.close()
 
     app = FastAPI(title="runbooks alert gateway", version="1.0.0", lifespan=lifespan)
+    metrics = GatewayMetrics(store)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.store = store
     app.state.deliverer = deliverer
@@ -395,6 +432,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             # through pydantic's JSON: a validator's ValueError in ``ctx`` does not serialise (a 500 schemathesis found)
             raise HTTPException(422, json.loads(err.json(include_url=False, include_input=False))) from err
         outcomes = await committer.submit(alerts)
+        metrics.count(request.url.path.rsplit("/", 1)[-1], outcomes)
         if any(o.action in NEW_EVENT_ACTIONS for o in outcomes):
             deliverer.notify()
         # the Accepted shape, built directly: the response needs no second validation
@@ -430,6 +468,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     async def generic(request: Request) -> JSONResponse:
         return await receive(request, lambda raw: GenericAlert.model_validate_json(raw).normalize())
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text: alerts received by source and outcome, and the outbox by state (scraped by the
+        sandbox's Prometheus; no credentials, as for /healthz: nothing in it is secret)."""
+        body = await asyncio.to_thread(metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

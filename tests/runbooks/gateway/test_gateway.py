@@ -229,3 +229,24 @@ async def test_concurrent_duplicates_make_one_incident_each_and_every_alert_coun
     assert actions.count("opened") == 10 and actions.count("repeated") == 190
     with contextlib.closing(sqlite3.connect(tmp_path / "gw.sqlite3")) as db:  # delivered or not
         assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 10  # one event per incident, none per repeat
+
+
+def test_metrics_count_alerts_and_the_outbox(gateway: Any) -> None:
+    """``/metrics`` is Prometheus text (read back with prometheus_client's parser): what Prometheus scrapes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, _ = gateway
+    for fingerprint in ("fp-a", "fp-a", "fp-b"):
+        sent = httpx.post(f"{url}/alerts/alertmanager", json=alertmanager(fingerprint=fingerprint), headers=BEARER)
+        assert sent.status_code == 202
+    response = httpx.get(f"{url}/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+    opened = samples[("runbooks_gateway_alerts_total", (("action", "opened"), ("source", "alertmanager")))]
+    assert opened == 2  # two fingerprints, two incidents; the repeat is counted under its own outcome
+    assert sum(v for (name, _), v in samples.items() if name == "runbooks_gateway_alerts_total") == 3
+    assert samples[("runbooks_gateway_outbox_events", (("state", "pending"),))] == 2  # nothing answers for Prefect
