@@ -531,6 +531,41 @@ async def test_one_rollback_when_two_runs_ask_at_once(
     assert again.outcome == "skipped" and rollout_history(admin_kubeconfig) == after_history
 
 
+async def test_one_rollback_when_two_worker_processes_ask_at_once(
+    sandbox: Sandbox,
+    production_environment: str,
+    kubernetes_cluster: KubernetesCluster,
+    admin_kubeconfig: Path,
+    broken_release: k8s.DeploymentInfo,
+) -> None:
+    """The same rollback asked for by two runs in two processes (two workers share nothing but the cluster and
+    the Prefect API): exactly one undo, as `kubectl rollout history` shows."""
+    import os
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    incident_id = f"inc-{uuid.uuid4().hex[:8]}"
+    history = rollout_history(admin_kubeconfig)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    argv = [sys.executable, "-m", "tests.flows.mitigation_process", production_environment, incident_id, API]
+    workers = [
+        await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*(w.communicate() for w in workers)), timeout=280)
+    records = []
+    for worker, (out, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()[-3000:]
+        records.append(MitigationRecord.model_validate_json(out.decode().strip().splitlines()[-1]))
+    assert sorted(r.outcome for r in records) == ["applied", "skipped"], records
+    after = rollout_history(admin_kubeconfig)
+    assert max(after) == max(history) + 1 and len(after) == len(history)  # exactly one undo
+    assert (await k8s.get_deployment.fn(kubernetes_cluster, API)).images == broken_release.images
+
+
 async def test_incident_resolved_closes_everything_and_posts_resolved_once(
     sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], receivers_url: str, production_environment: str
 ) -> None:
