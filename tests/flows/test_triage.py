@@ -434,6 +434,21 @@ async def broken_release(
             await k8s.rollout_undo.fn(kubernetes_cluster, API)
         await set_node_behaviour(admin_kubeconfig, {})
         await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
+        await _fresh_api_pods(kubernetes_cluster)
+
+
+async def _fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> None:
+    """Pods that restarted during the scenario are replaced, so later tests see the release as seeded."""
+    for pod in await k8s.list_pods.fn(cluster, label_selector=f"app={API}"):
+        if pod.restarts:
+            await k8s.delete_pod.fn(cluster, pod.name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pods = [p for p in await k8s.list_pods.fn(cluster, label_selector=f"app={API}") if p.status != "Terminating"]
+        if len(pods) == 3 and all(p.is_ready and not p.restarts for p in pods):
+            return
+        assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
+        await asyncio.sleep(0.5)
 
 
 @pytest.mark.parametrize("answer", ["approve", "reject", "timeout"])
