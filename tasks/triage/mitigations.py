@@ -123,9 +123,10 @@ def plan_actions(
 
 
 def _broken_because(facts: dict[str, Any]) -> str:
+    pods, lines = facts.get("crashlooping_pods") or 0, facts.get("error_log_lines") or 0
     signs = [
-        f"{facts['crashlooping_pods']} pods crash-looping" if facts.get("crashlooping_pods") else "",
-        f"{facts['error_log_lines']} ERROR log lines" if facts.get("error_log_lines") else "",
+        f"{pods} pod{'s' if pods > 1 else ''} crash-looping" if pods else "",
+        f"{lines} ERROR log line{'s' if lines > 1 else ''}" if lines else "",
         "health check failing" if facts.get("health_ok") is False else "",
     ]
     return ", ".join(sign for sign in signs if sign)
