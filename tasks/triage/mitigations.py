@@ -37,6 +37,7 @@ class PlannedAction(BaseModel):
     action: Action
     target: str
     params: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""  # which facts justify it, for the approver
 
     def key(self, incident_id: str) -> str:
         """The idempotency key: one incident does one action on one target once."""
@@ -75,10 +76,22 @@ def plan_actions(
     for action in policy.branch(alert_name).mitigations:
         has_previous = (facts.get("api_revision") or 0) > 1
         if action == "rollback" and facts.get("recent_rollout") and broken_release and has_previous:
-            planned.append(PlannedAction(action="rollback", target=api_deployment, params={"timeout_s": 300}))
+            planned.append(
+                PlannedAction(
+                    action="rollback",
+                    target=api_deployment,
+                    params={"timeout_s": 300},
+                    reason=f"revision {facts.get('api_revision')} was rolled out recently and is broken "
+                    f"({_broken_because(facts)}): back to the previous revision",
+                )
+            )
             break  # a rollback changes everything else: decide again after it
         if action == "restart" and facts.get("health_ok") is False and not facts.get("recent_rollout"):
-            planned.append(PlannedAction(action="restart", target=api_deployment))
+            planned.append(
+                PlannedAction(
+                    action="restart", target=api_deployment, reason="the health check fails and nothing was rolled out"
+                )
+            )
         if (
             action == "scale_out"
             and not facts.get("crashlooping_pods")
@@ -90,6 +103,9 @@ def plan_actions(
                     action="scale_out",
                     target=api_deployment,
                     params={"replicas": m.scale_out_replicas, "incident": incident_id},
+                    reason=f"p95 {facts.get('response_time_p95_s') or 0:.2f}s (limit {limits.response_time_p95_s}s), "
+                    f"error rate {facts.get('error_rate') or 0:.1%} (limit {limits.severe_error_rate:.1%}): "
+                    f"{facts.get('api_replicas') or 0} -> {m.scale_out_replicas} replicas",
                 )
             )
         if action == "open_circuit_breaker":
@@ -99,12 +115,39 @@ def plan_actions(
                         action="open_circuit_breaker",
                         target=model,
                         params={"duration_s": m.circuit_breaker_duration_s, "fallback_model": m.fallback_model},
+                        reason=f"{model} is down: its traffic goes to {m.fallback_model} "
+                        f"for {m.circuit_breaker_duration_s}s",
                     )
                 )
     return planned
 
 
+def _broken_because(facts: dict[str, Any]) -> str:
+    pods, lines = facts.get("crashlooping_pods") or 0, facts.get("error_log_lines") or 0
+    signs = [
+        f"{pods} pod{'s' if pods > 1 else ''} crash-looping" if pods else "",
+        f"{lines} ERROR log line{'s' if lines > 1 else ''}" if lines else "",
+        "health check failing" if facts.get("health_ok") is False else "",
+    ]
+    return ", ".join(sign for sign in signs if sign)
+
+
 # -------------------------------------------------------------------------------------------------- decide
+def approval_description(planned: PlannedAction, what: str, timeout_s: int) -> str:
+    """The markdown Prefect shows above the approval form in the UI: the proposed action, its target, why, and
+    with which parameters."""
+    params = ", ".join(f"`{name}={value}`" for name, value in planned.params.items() if name != "incident")
+    lines = [
+        f"**{what}**: apply this mitigation?",
+        "",
+        f"- **{planned.action}** on `{planned.target}`" + (f": {planned.reason}" if planned.reason else ""),
+    ]
+    if params:
+        lines.append(f"  - with {params}")
+    lines += ["", f"Set *approve* and your name, then submit. No answer within {timeout_s}s is a denial."]
+    return "\n".join(lines)
+
+
 async def decide(
     planned: PlannedAction,
     incident_id: str,
@@ -131,7 +174,7 @@ async def decide(
     try:
         decision = await apause_flow_run(
             wait_for_input=Approval.with_initial_data(
-                description=f"{what}: apply **{planned.action}** on `{planned.target}`?", approve=False
+                description=approval_description(planned, what, approval_timeout_s), approve=False
             ),
             timeout=approval_timeout_s,
             poll_interval=APPROVAL_POLL_INTERVAL_S,

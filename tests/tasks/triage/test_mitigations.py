@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from tasks.triage.mitigations import MitigationRecord, PlannedAction, carry_out, decide, plan_actions
+from tasks.triage.mitigations import (
+    MitigationRecord,
+    PlannedAction,
+    approval_description,
+    carry_out,
+    decide,
+    plan_actions,
+)
 from tasks.triage.policy import load_policy
 
 API = "my-api"  # the environment's api_deployment, not a constant
@@ -83,3 +90,11 @@ async def test_carry_out_applies_nothing_in_a_dry_run_or_when_rejected(outcome: 
     assert done.outcome == outcome
     if outcome == "dry-run":
         assert done.detail == "would scale_out my-api with {'replicas': 10}"
+
+
+def test_the_approval_form_lists_the_action_with_its_reason() -> None:
+    facts = {**HEALTHY, "crashlooping_pods": 2, "recent_rollout": True}
+    [rollback] = plan_actions(load_policy(), "HighErrorRate", facts, API, incident_id="inc-1")
+    text = approval_description(rollback, "P1 HighErrorRate", 600)
+    assert "**rollback** on `my-api`" in text and "revision 3" in text and "2 pods crash-looping" in text
+    assert "`timeout_s=300`" in text and "600s" in text

@@ -1,0 +1,150 @@
+"""What the triage scenarios share (tests/flows/test_triage.py, test_triage_ui.py): the node agent's behaviour, an
+environment of kind production on the sandbox's services, a crash-looping release, and waiting for a paused run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+from prefect.client.schemas.objects import StateType
+
+from blocks.environment import RunbookEnvironment
+from blocks.kubernetes import KubernetesCluster
+from blocks.registry import save_environment
+from sandbox.manager import Sandbox
+from tasks import kubernetes as k8s
+from tests.conftest import TEST_ENVIRONMENT
+
+API = "ai-multimodel-api"
+PRODUCTION = f"{TEST_ENVIRONMENT}-production"
+BROKEN = "ghcr.io/genspark/ai-multimodel-api:v9.9.9-broken"
+
+
+async def set_node_behaviour(admin_kubeconfig: Path, rules: dict[str, Any]) -> None:
+    """Test set-up with the admin credentials: steer the simulated node agent."""
+    api_client = await k8s_config.new_client_from_config(config_file=str(admin_kubeconfig))
+    async with api_client:
+        core = k8s_client.CoreV1Api(api_client)
+        body = {
+            "metadata": {"name": "sandbox-node-behaviour", "namespace": "kube-system"},
+            "data": {"rules.json": json.dumps(rules)},
+        }
+        try:
+            await core.replace_namespaced_config_map("sandbox-node-behaviour", "kube-system", body)
+        except k8s_client.ApiException as err:
+            if err.status != 404:
+                raise
+            await core.create_namespaced_config_map("kube-system", body)
+
+
+@pytest.fixture()
+async def clean_node(admin_kubeconfig: Path) -> Any:
+    await set_node_behaviour(admin_kubeconfig, {})
+    yield
+    await set_node_behaviour(admin_kubeconfig, {})
+
+
+async def paused_triage(incident_id: str, run: asyncio.Task[Any], timeout_s: float = 120) -> Any:
+    """The id of the triage run of ``incident_id`` once it is paused for approval (``run`` is its asyncio task)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run.done():  # finished without pausing: show why
+            raise AssertionError(f"the triage did not pause: {run.result()}")
+        async with get_client() as client:
+            paused = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["incident-triage"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))),
+            )
+        for flow_run in paused:
+            if flow_run.parameters.get("incident_id") == incident_id:
+                return flow_run.id
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the triage never paused for approval within {timeout_s}s")
+
+
+# ------------------------------------------------------------------- an environment of kind production, same services
+@pytest.fixture(scope="session")
+def production_environment(sandbox: Sandbox) -> str:
+    """A second environment block of kind ``production`` on the sandbox's services: the policy asks for approval."""
+    env = RunbookEnvironment.load(TEST_ENVIRONMENT)
+    asyncio.run(save_environment(env.model_copy(update={"kind": "production"}), PRODUCTION))
+    assert RunbookEnvironment.load(PRODUCTION).kind == "production"
+    return PRODUCTION
+
+
+def received(receivers_url: str, system: str) -> list[dict[str, Any]]:
+    return [e for e in httpx.get(f"{receivers_url}/_received").json() if e["system"] == system]
+
+
+def rollout_history(admin_kubeconfig: Path) -> list[int]:
+    """The revisions ``kubectl rollout history`` lists (the user's own client, not ours)."""
+    out = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(admin_kubeconfig),
+            "rollout",
+            "history",
+            f"deployment/{API}",
+            "-n",
+            "production",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return sorted(int(m.group(1)) for m in re.finditer(r"^(\d+)\s", out, re.MULTILINE))
+
+
+@pytest.fixture()
+async def broken_release(
+    kubernetes_cluster: KubernetesCluster, admin_kubeconfig: Path, clean_node: None
+) -> AsyncIterator[k8s.DeploymentInfo]:
+    """A fresh release whose pods crash-loop (P1). Yields the Deployment as it was before; afterwards the good
+    release is back (rolled back here when the test did not)."""
+    before = await k8s.get_deployment.fn(kubernetes_cluster, API)
+    await set_node_behaviour(admin_kubeconfig, {"failing_images": ["*:v9.9.9-broken"]})
+    await k8s.set_image.fn(kubernetes_cluster, API, BROKEN, change_cause="deploy v9.9.9-broken")
+    deadline = time.monotonic() + 90
+    while not any(
+        p.reason == "CrashLoopBackOff" for p in await k8s.list_pods.fn(kubernetes_cluster, label_selector=f"app={API}")
+    ):
+        assert time.monotonic() < deadline, "the broken release never crash-looped"
+        await asyncio.sleep(1)
+    try:
+        yield before
+    finally:
+        if (await k8s.get_deployment.fn(kubernetes_cluster, API)).images != before.images:
+            await k8s.rollout_undo.fn(kubernetes_cluster, API)
+        await set_node_behaviour(admin_kubeconfig, {})
+        await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
+        await _fresh_api_pods(kubernetes_cluster)
+
+
+async def _fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> None:
+    """Pods that restarted during the scenario are replaced, so later tests see the release as seeded (the
+    restarts it left behind failed tests/tasks/test_kubernetes.py::test_list_pods_wide)."""
+    for pod in await k8s.list_pods.fn(cluster, label_selector=f"app={API}"):
+        if pod.restarts:
+            await k8s.delete_pod.fn(cluster, pod.name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pods = [p for p in await k8s.list_pods.fn(cluster, label_selector=f"app={API}") if p.status != "Terminating"]
+        if len(pods) == 3 and all(p.is_ready and not p.restarts for p in pods):
+            return
+        assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
+        await asyncio.sleep(0.5)
