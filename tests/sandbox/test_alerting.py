@@ -101,7 +101,7 @@ def test_model_down_fires_and_reaches_the_gateway(chain: Sandbox) -> None:
         return health if set(health.values()) == {"up"} else None
 
     jobs = _poll(targets, timeout_s=30, what="every Prometheus target up")
-    assert set(jobs) == {"ai-multimodel-api", "alertmanager", "prometheus"}
+    assert set(jobs) == {"ai-multimodel-api", "alertmanager", "prometheus", "runbooks-gateway"}
 
     assert main(["sandbox", "fault", "model-down"]) == 0
 
