@@ -293,3 +293,24 @@ def kubernetes_cluster(sandbox: Sandbox) -> KubernetesCluster:
 def admin_kubeconfig(sandbox: Sandbox) -> Path:
     """Cluster-admin kubeconfig, for test set-up only (product code uses the flows' credentials)."""
     return Path(sandbox.state.get("kubernetes")["admin_kubeconfig"])
+
+
+async def fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> None:
+    """API pods that restarted during a scenario (a crash-looping release, a fault) are replaced, so later tests see
+    the release as seeded (their restarts failed tests/tasks/test_kubernetes.py::test_list_pods_wide)."""
+    import asyncio
+    import time
+
+    from tasks import kubernetes as k8s
+
+    app = "app=ai-multimodel-api"
+    for pod in await k8s.list_pods.fn(cluster, label_selector=app):
+        if pod.restarts:
+            await k8s.delete_pod.fn(cluster, pod.name)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pods = [p for p in await k8s.list_pods.fn(cluster, label_selector=app) if p.status != "Terminating"]
+        if len(pods) == 3 and all(p.is_ready and not p.restarts for p in pods):
+            return
+        assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
+        await asyncio.sleep(0.5)

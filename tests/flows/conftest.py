@@ -26,7 +26,7 @@ from blocks.kubernetes import KubernetesCluster
 from blocks.registry import save_environment
 from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
-from tests.conftest import TEST_ENVIRONMENT
+from tests.conftest import TEST_ENVIRONMENT, fresh_api_pods
 
 API = "ai-multimodel-api"
 PRODUCTION = f"{TEST_ENVIRONMENT}-production"
@@ -132,19 +132,4 @@ async def broken_release(
             await k8s.rollout_undo.fn(kubernetes_cluster, API)
         await set_node_behaviour(admin_kubeconfig, {})
         await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
-        await _fresh_api_pods(kubernetes_cluster)
-
-
-async def _fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> None:
-    """Pods that restarted during the scenario are replaced, so later tests see the release as seeded (the
-    restarts it left behind failed tests/tasks/test_kubernetes.py::test_list_pods_wide)."""
-    for pod in await k8s.list_pods.fn(cluster, label_selector=f"app={API}"):
-        if pod.restarts:
-            await k8s.delete_pod.fn(cluster, pod.name)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pods = [p for p in await k8s.list_pods.fn(cluster, label_selector=f"app={API}") if p.status != "Terminating"]
-        if len(pods) == 3 and all(p.is_ready and not p.restarts for p in pods):
-            return
-        assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
-        await asyncio.sleep(0.5)
+        await fresh_api_pods(kubernetes_cluster)

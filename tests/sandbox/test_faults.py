@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -11,9 +12,11 @@ from typing import Any
 
 import httpx
 
+from blocks.kubernetes import KubernetesCluster
 from kernel import processes
 from sandbox.faults import API_APP, FAULTS, inject
 from sandbox.manager import Sandbox
+from tests.conftest import fresh_api_pods
 
 
 def _kubectl(kubeconfig: Path, *args: str) -> Any:
@@ -36,7 +39,9 @@ def _platform_faults(sandbox: Sandbox) -> dict[str, Any]:
     return dict(httpx.get(settings.url(settings.platform_port, "/_sandbox/faults"), headers=headers).json())
 
 
-def test_faults_add_up_and_clear_undoes_them(sandbox: Sandbox, admin_kubeconfig: Path) -> None:
+def test_faults_add_up_and_clear_undoes_them(
+    sandbox: Sandbox, admin_kubeconfig: Path, kubernetes_cluster: KubernetesCluster
+) -> None:
     settings, state = sandbox.settings, sandbox.state
     try:
         for name in FAULTS:
@@ -66,5 +71,6 @@ def test_faults_add_up_and_clear_undoes_them(sandbox: Sandbox, admin_kubeconfig:
             time.sleep(0.5)
     finally:
         assert "cleared" in inject("clear", settings, state)
+        asyncio.run(fresh_api_pods(kubernetes_cluster))  # the crash-looped pods keep their restarts otherwise
     assert _node_rules(admin_kubeconfig) is None
     assert _platform_faults(sandbox)["active"] is False
