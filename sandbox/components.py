@@ -622,6 +622,8 @@ RULES_DIR = PROJECT_DIR / "alerting" / "rules"
 #: the sandbox scrapes and evaluates every 5 s (production: 15-30 s) so a fault fires its alert within about a
 #: minute of ``runbooks sandbox fault`` (rules' ``for:`` plus a rate window), not after several
 SCRAPE_INTERVAL = "5s"
+#: the simulated node's name (sandbox.k8s.controlplane.NODE_NAME, which imports this module)
+NODE = "sandbox-node-1"
 
 
 def _binary(name: str, package: str) -> str:
@@ -637,6 +639,27 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
+
+
+class ConfiguredComponent(ProcessComponent):
+    """A server run from a YAML configuration the sandbox generates into its home at each ``up``."""
+
+    @property
+    def config_path(self) -> Path:
+        return self.settings.home / self.name / f"{self.name}.yml"
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]: ...
+
+    def write_config(self) -> Path:
+        import yaml
+
+        _write_private(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
+        return self.config_path
+
+    def up(self) -> None:
+        self.write_config()
+        super().up()
 
 
 class GatewayComponent(ProcessComponent):
@@ -673,7 +696,7 @@ class GatewayComponent(ProcessComponent):
         return {"RUNBOOKS_GATEWAY_URL": self.address}
 
 
-class AlertmanagerComponent(ProcessComponent):
+class AlertmanagerComponent(ConfiguredComponent):
     """Debian's prometheus-alertmanager: every alert to the gateway's ``/alerts/alertmanager``."""
 
     name = "alertmanager"
@@ -682,10 +705,6 @@ class AlertmanagerComponent(ProcessComponent):
     @property
     def port(self) -> int:
         return self.settings.alertmanager_port
-
-    @property
-    def config_path(self) -> Path:
-        return self.settings.home / "alertmanager" / "alertmanager.yml"
 
     @property
     def token_path(self) -> Path:
@@ -719,15 +738,8 @@ class AlertmanagerComponent(ProcessComponent):
         }
 
     def write_config(self) -> Path:
-        import yaml
-
         _write_private(self.token_path, self.state.secrets()["gateway_token"])
-        _write_private(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
-        return self.config_path
-
-    def up(self) -> None:
-        self.write_config()
-        super().up()
+        return super().write_config()
 
     def argv(self) -> list[str]:
         return [
@@ -742,7 +754,7 @@ class AlertmanagerComponent(ProcessComponent):
         return {"ALERTMANAGER_URL": self.address}
 
 
-class PrometheusComponent(ProcessComponent):
+class PrometheusComponent(ConfiguredComponent):
     """Debian's prometheus: scrapes the platform double, evaluates ``alerting/rules/*.yml``, alerts Alertmanager."""
 
     name = "prometheus"
@@ -751,10 +763,6 @@ class PrometheusComponent(ProcessComponent):
     @property
     def port(self) -> int:
         return self.settings.prometheus_port
-
-    @property
-    def config_path(self) -> Path:
-        return self.settings.home / "prometheus" / "prometheus.yml"
 
     def config(self) -> dict[str, Any]:
         host = self.settings.host
@@ -778,20 +786,29 @@ class PrometheusComponent(ProcessComponent):
                 job("alertmanager", self.settings.alertmanager_port),
                 job("prometheus", self.port),
                 job("runbooks-gateway", self.settings.gateway_port),
-                # Not scraped: the simulated node. It serves metrics.k8s.io JSON over client-certificate TLS
-                # (kubectl top), not the Prometheus text format: there is nothing Prometheus could read from it.
+                *self._kubelet_jobs(),
             ],
         }
 
-    def write_config(self) -> Path:
-        import yaml
-
-        _write_private(self.config_path, yaml.safe_dump(self.config(), sort_keys=False))
-        return self.config_path
-
-    def up(self) -> None:
-        self.write_config()
-        super().up()
+    def _kubelet_jobs(self) -> list[dict[str, Any]]:
+        """The simulated node's kubelet ``/metrics/resource`` (container CPU and working set), over the kubelet's
+        client-certificate TLS as a cluster's Prometheus scrapes it; none when the cluster is not the sandbox's
+        own (an external kubeconfig) or its PKI is not there yet."""
+        pki = self.settings.home / "k8s" / "pki"  # KubernetesComponent.pki, which imports this module
+        cert, key, ca = pki / "prometheus.crt", pki / "prometheus.key", pki / "ca.crt"
+        if os.environ.get("KUBECONFIG") or not (cert.exists() and key.exists() and ca.exists()):
+            return []
+        return [
+            {
+                "job_name": "kubelet",
+                "scheme": "https",
+                "metrics_path": "/metrics/resource",
+                "tls_config": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
+                "static_configs": [
+                    {"targets": [f"{self.settings.host}:{self.settings.k8s_kubelet_port}"], "labels": {"node": NODE}}
+                ],
+            }
+        ]
 
     def argv(self) -> list[str]:
         return [

@@ -1,6 +1,8 @@
 """The kubelet's HTTPS API as the API server uses it: ``/healthz``, ``/pods``, ``/containerLogs``, ``/stats/summary``
-and ``/exec`` over WebSocket (channel protocols v4/v5; the command runs on this machine, which the pod "is").
-Clients must present a certificate signed by the cluster CA (the API server's kubelet-client certificate).
+and ``/exec`` over WebSocket (channel protocols v4/v5; the command runs on this machine, which the pod "is"), and
+``/metrics/resource`` as Prometheus scrapes it (the kubelet's resource metrics, Prometheus text format).
+Clients must present a certificate signed by the cluster CA (the API server's kubelet-client certificate,
+Prometheus's own client certificate).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from sandbox.k8s.behaviour import ContainerSim, PodSim, PodStore, parse_time, rfc3339
 from sandbox.k8s.logs import LogQuery, follow_lines, render
@@ -24,6 +29,7 @@ EXEC_TIMEOUT_S = 30.0
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 STORE: web.AppKey[PodStore] = web.AppKey("store", PodStore)
 PROCS: web.AppKey[set[asyncio.subprocess.Process]] = web.AppKey("procs")
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 
 
 def _lookup(request: web.Request) -> tuple[PodSim, ContainerSim]:
@@ -153,6 +159,62 @@ async def stats_summary(request: web.Request) -> web.Response:
     return web.json_response({"node": node, "pods": out_pods})
 
 
+class ResourceMetrics(Collector):
+    """The kubelet's ``/metrics/resource`` (Kubernetes 1.20 names and labels), built with prometheus_client's
+    collector API rather than by hand. CPU counters integrate the simulated usage between scrapes, so they only
+    ever grow (Prometheus reads a drop as a counter reset); a container that restarted starts again from zero."""
+
+    def __init__(self, store: PodStore) -> None:
+        self.store = store
+        self._cpu_s: dict[tuple[str, float], tuple[float, float]] = {}  # (key, since) -> (seconds, at)
+
+    def _cpu_seconds(self, key: str, since: float, nanocores: float, now: float) -> float:
+        seconds, at = self._cpu_s.get((key, since), (0.0, since))
+        seconds += nanocores / 1e9 * max(0.0, now - at)
+        self._cpu_s[(key, since)] = (seconds, now)
+        return seconds
+
+    def collect(self) -> list[Metric]:
+        now = time.time()
+        node_cpu = CounterMetricFamily(
+            "node_cpu_usage_seconds", "Cumulative cpu time consumed by the node in core-seconds"
+        )
+        node_mem = GaugeMetricFamily("node_memory_working_set_bytes", "Current working set of the node in bytes")
+        labels = ["container", "namespace", "pod"]
+        cpu = CounterMetricFamily(
+            "container_cpu_usage_seconds",
+            "Cumulative cpu time consumed by the container in core-seconds",
+            labels=labels,
+        )
+        mem = GaugeMetricFamily(
+            "container_memory_working_set_bytes", "Current working set of the container in bytes", labels=labels
+        )
+        start = GaugeMetricFamily(
+            "container_start_time_seconds", "Start time of the container since unix epoch in seconds", labels=labels
+        )
+        seen: set[tuple[str, float]] = set()
+        for pod in self.store.running():
+            for c in pod.containers.values():
+                c_cpu, c_mem = c.usage(now)
+                values = [c.name, pod.namespace, pod.name]
+                seen.add((c.key, c.since))
+                cpu.add_metric(values, self._cpu_seconds(c.key, c.since, c_cpu, now))
+                mem.add_metric(values, c_mem)
+                start.add_metric(values, c.since)
+        for gone in set(self._cpu_s) - seen - {("node", self.store.booted)}:
+            del self._cpu_s[gone]
+        n_cpu, n_mem = self.store.node_usage(now)
+        node_cpu.add_metric([], self._cpu_seconds("node", self.store.booted, n_cpu, now))
+        node_mem.add_metric([], n_mem)
+        scrape_error = GaugeMetricFamily("scrape_error", "1 if there was an error while getting container metrics")
+        scrape_error.add_metric([], 0)
+        return [node_cpu, node_mem, cpu, mem, start, scrape_error]
+
+
+async def metrics_resource(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 # --------------------------------------------------------------------------------------------------- exec
 def _status(protocol: str, code: int, message: str) -> bytes:
     if protocol.startswith(("v4.", "v5.")):
@@ -263,10 +325,13 @@ def create_app(store: PodStore) -> web.Application:
     app = web.Application()
     app[STORE] = store
     app[PROCS] = set()
+    app[REGISTRY] = CollectorRegistry(auto_describe=False)
+    app[REGISTRY].register(ResourceMetrics(store))
     app.on_cleanup.append(_cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/pods", pods)
     app.router.add_get("/stats/summary", stats_summary)
+    app.router.add_get("/metrics/resource", metrics_resource)
     app.router.add_get("/containerLogs/{ns}/{pod}/{container}", container_logs)
     for path in ("/exec/{ns}/{pod}/{container}", "/exec/{ns}/{pod}/{uid}/{container}"):
         app.router.add_route("GET", path, exec_command)

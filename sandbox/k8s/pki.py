@@ -147,6 +147,8 @@ class ClusterPKI:
         )
         self._issue("ca", "runbooks-sandbox-ca", "controller-manager", "system:kube-controller-manager", client=True)
         self._issue("ca", "runbooks-sandbox-ca", "scheduler", "system:kube-scheduler", client=True)
+        # the sandbox's Prometheus scrapes the kubelet's /metrics/resource with this one
+        self._issue("ca", "runbooks-sandbox-ca", "prometheus", "prometheus", client=True)
         self._issue(
             "ca",
             "runbooks-sandbox-ca",

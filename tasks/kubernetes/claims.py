@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import BaseModel, Field
@@ -30,6 +31,32 @@ from tasks.kubernetes.deployments import OWN_ANNOTATION_PREFIX
 CLAIM_PREFIX = f"{OWN_ANNOTATION_PREFIX}mitigation."
 #: how many times a claim re-reads the object after a conflict (each conflict is some other writer's success)
 CLAIM_ATTEMPTS = 10
+#: what a decision returns to leave the annotation as it is
+UNCHANGED = object()
+T = TypeVar("T")
+
+
+async def _compare_and_set(
+    k: Any, name: str, ns: str, annotation: str, decide: Callable[[str | None], tuple[object, T]], contended: T
+) -> T:
+    """Read Deployment ``name``, let ``decide(current value)`` answer (new value, or None to remove, or
+    :data:`UNCHANGED`; and the result), and write the new value with the ``resourceVersion`` it read (the compare of
+    compare-and-set). A 409 means some other writer changed the object in between: read again and decide again,
+    up to :data:`CLAIM_ATTEMPTS` times, then answer ``contended``."""
+    for _ in range(CLAIM_ATTEMPTS):
+        dep = await k.apps.read_namespaced_deployment(name, ns)
+        value, result = decide((dep.metadata.annotations or {}).get(annotation))
+        if value is UNCHANGED:
+            return result
+        body = {"metadata": {"resourceVersion": dep.metadata.resource_version, "annotations": {annotation: value}}}
+        try:
+            await k.apps.patch_namespaced_deployment(name, ns, body)
+        except ApiException as err:
+            if err.status == 409:
+                continue
+            raise
+        return result
+    return contended
 
 
 def claim_annotation(incident: str) -> str:
@@ -91,46 +118,31 @@ async def claim_mitigation(
     claimed; a record marked done (:func:`complete_mitigation_claim`) is never claimed again, not even by its run.
     """
     ns = namespace_of(cluster, namespace)
-    annotation = claim_annotation(incident)
     where = f"Deployment {ns}/{name}"
+
+    def decide(raw: str | None) -> tuple[object, MitigationClaim | None]:
+        if raw:
+            found = MitigationClaim.parse(raw, where)
+            found.claimed = found.run == run and not found.done
+            found.deployment, found.namespace = name, ns
+            return UNCHANGED, found
+        at = datetime.now(UTC).isoformat()
+        claim = MitigationClaim(
+            incident=incident, action=action, key=key, run=run, at=at, claimed=True, deployment=name, namespace=ns
+        )
+        return claim.annotation(), claim
+
     async with kube(cluster, f"claiming {action} of incident {incident} on {where}") as k:
-        for _ in range(CLAIM_ATTEMPTS):
-            dep = await k.apps.read_namespaced_deployment(name, ns)
-            raw = (dep.metadata.annotations or {}).get(annotation)
-            if raw:
-                found = MitigationClaim.parse(raw, where)
-                found.claimed = found.run == run and not found.done
-                found.deployment, found.namespace = name, ns
-                return found
-            claim = MitigationClaim(
-                incident=incident,
-                action=action,
-                key=key,
-                run=run,
-                at=datetime.now(UTC).isoformat(),
-                claimed=True,
-                deployment=name,
-                namespace=ns,
-            )
-            body = {
-                "metadata": {
-                    "resourceVersion": dep.metadata.resource_version,  # the compare of compare-and-set
-                    "annotations": {annotation: claim.annotation()},
-                }
-            }
-            try:
-                await k.apps.patch_namespaced_deployment(name, ns, body)
-            except ApiException as err:
-                if err.status == 409:  # changed since we read it: read again and decide
-                    continue
-                raise
-            run_logger().info("%s: %s of incident %s claimed by run %s", where, action, incident, run)
-            return claim
-    raise KubernetesError(
-        f"{where}: could not claim {action} of incident {incident}: the object kept changing",
-        hint="something writes this Deployment continuously: look at its managedFields, then run the triage again",
-        transient=True,
-    )
+        claim = await _compare_and_set(k, name, ns, claim_annotation(incident), decide, None)
+    if claim is None:
+        raise KubernetesError(
+            f"{where}: could not claim {action} of incident {incident}: the object kept changing",
+            hint="something writes this Deployment continuously: look at its managedFields, then run the triage again",
+            transient=True,
+        )
+    if claim.claimed and claim.at and not claim.done:
+        run_logger().info("%s: %s of incident %s claimed by run %s", where, action, incident, run)
+    return claim
 
 
 @read_task
@@ -156,24 +168,18 @@ async def release_mitigation_claim(
     """Remove ``incident``'s claim if ``run`` holds it (the action it guarded never happened, so a re-run may
     try again). Compare-and-set too: a claim of another run is never removed. True when removed."""
     ns = namespace_of(cluster, namespace)
-    annotation = claim_annotation(incident)
     where = f"Deployment {ns}/{name}"
+
+    def decide(raw: str | None) -> tuple[object, bool]:
+        if not raw or MitigationClaim.parse(raw, where).run != run:
+            return UNCHANGED, False
+        return None, True
+
     async with kube(cluster, f"releasing the mitigation claim of incident {incident} on {where}") as k:
-        for _ in range(CLAIM_ATTEMPTS):
-            dep = await k.apps.read_namespaced_deployment(name, ns)
-            raw = (dep.metadata.annotations or {}).get(annotation)
-            if not raw or MitigationClaim.parse(raw, where).run != run:
-                return False
-            body = {"metadata": {"resourceVersion": dep.metadata.resource_version, "annotations": {annotation: None}}}
-            try:
-                await k.apps.patch_namespaced_deployment(name, ns, body)
-            except ApiException as err:
-                if err.status == 409:
-                    continue
-                raise
-            run_logger().info("%s: claim of incident %s by run %s released", where, incident, run)
-            return True
-    return False
+        released = await _compare_and_set(k, name, ns, claim_annotation(incident), decide, False)
+    if released:
+        run_logger().info("%s: claim of incident %s by run %s released", where, incident, run)
+    return released
 
 
 @idempotent_task
@@ -183,29 +189,14 @@ async def complete_mitigation_claim(
     """Mark ``run``'s claim done, with what the action did (for whoever reads the Deployment next). True when
     marked; a claim of another run is left alone."""
     ns = namespace_of(cluster, namespace)
-    annotation = claim_annotation(incident)
     where = f"Deployment {ns}/{name}"
+
+    def decide(raw: str | None) -> tuple[object, bool]:
+        claim = MitigationClaim.parse(raw, where) if raw else None
+        if claim is None or claim.run != run:
+            return UNCHANGED, False
+        claim.done = done[:500]
+        return claim.annotation(), True
+
     async with kube(cluster, f"completing the mitigation claim of incident {incident} on {where}") as k:
-        for _ in range(CLAIM_ATTEMPTS):
-            dep = await k.apps.read_namespaced_deployment(name, ns)
-            raw = (dep.metadata.annotations or {}).get(annotation)
-            if not raw:
-                return False
-            claim = MitigationClaim.parse(raw, where)
-            if claim.run != run:
-                return False
-            claim.done = done[:500]
-            body = {
-                "metadata": {
-                    "resourceVersion": dep.metadata.resource_version,
-                    "annotations": {annotation: claim.annotation()},
-                }
-            }
-            try:
-                await k.apps.patch_namespaced_deployment(name, ns, body)
-            except ApiException as err:
-                if err.status == 409:
-                    continue
-                raise
-            return True
-    return False
+        return await _compare_and_set(k, name, ns, claim_annotation(incident), decide, False)

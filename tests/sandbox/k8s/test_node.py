@@ -389,6 +389,80 @@ async def test_kubelet_api_requires_a_cluster_client_certificate(cluster: Kubern
         assert (response.status, await response.text()) == (200, "ok")
 
 
+async def _resource_metrics(cluster: KubernetesComponent) -> dict[str, list[Any]]:
+    """The kubelet's ``/metrics/resource``, fetched with Prometheus's client certificate and parsed by
+    prometheus_client's own text parser (samples by metric family name)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pki = cluster.pki
+    tls = ssl.create_default_context(cafile=str(pki.dir / "ca.crt"))
+    tls.load_cert_chain(str(pki.path("prometheus").cert), str(pki.path("prometheus").key))
+    url = f"https://127.0.0.1:{cluster.settings.k8s_kubelet_port}/metrics/resource"
+    async with aiohttp.ClientSession() as http, http.get(url, ssl=tls) as response:
+        assert response.status == 200 and response.content_type == "text/plain"
+        text = await response.text()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+async def test_kubelet_resource_metrics_in_prometheus_format(
+    workload: client.ApiClient, cluster: KubernetesComponent
+) -> None:
+    """Per container: CPU as a counter that only grows, the working set; the node's totals; as the 1.20 kubelet."""
+    core = client.CoreV1Api(workload)
+    pods = {p.metadata.name for p in await _pods(core, "api")}
+    first = await _resource_metrics(cluster)
+    ours = {s.labels["pod"]: s for s in first["container_memory_working_set_bytes"] if s.labels["namespace"] == NS}
+    assert pods <= set(ours) and all(ours[p].value > 0 and ours[p].labels["container"] == "api" for p in pods)
+    cpu = {s.labels["pod"]: s.value for s in first["container_cpu_usage_seconds"] if s.name.endswith("_total")}
+    assert first["node_memory_working_set_bytes"][0].value > 0 and first["scrape_error"][0].value == 0
+
+    async def cpu_grew() -> bool:
+        later = await _resource_metrics(cluster)
+        now = {s.labels["pod"]: s.value for s in later["container_cpu_usage_seconds"] if s.name.endswith("_total")}
+        return all(now[p] > cpu[p] for p in pods)
+
+    await wait_for(cpu_grew, 10, "container CPU seconds growing between scrapes")
+
+
+async def test_prometheus_scrapes_the_kubelet(
+    workload: client.ApiClient, cluster: KubernetesComponent, tmp_path: Path
+) -> None:
+    """The sandbox's Prometheus configuration, run by Debian's prometheus: the kubelet job is up over the
+    kubelet's client-certificate TLS and the API pods' working set is queryable by pod."""
+    import shutil
+
+    import httpx
+
+    from sandbox.components import PrometheusComponent
+
+    if shutil.which("prometheus") is None:
+        pytest.fail("not installed: prometheus (apt-get install prometheus; ./dev does it)")
+    settings = cluster.settings.model_copy(update={"prometheus_port": free_port(), "alertmanager_port": free_port()})
+    component = PrometheusComponent(settings, SandboxState(settings.home))
+    jobs = [j["job_name"] for j in component.config()["scrape_configs"]]
+    assert "kubelet" in jobs
+    component.up()
+    try:
+        core = client.CoreV1Api(workload)
+        pods = {p.metadata.name for p in await _pods(core, "api")}
+
+        async def kubelet_up() -> Any:
+            active = httpx.get(f"{component.address}/api/v1/targets").json()["data"]["activeTargets"]
+            return [t for t in active if t["labels"]["job"] == "kubelet" and t["health"] == "up"]
+
+        await wait_for(kubelet_up, 30, "the kubelet target up in Prometheus")
+
+        async def working_set() -> set[str]:
+            query = f'container_memory_working_set_bytes{{namespace="{NS}",container="api"}} > 0'
+            result = httpx.get(f"{component.address}/api/v1/query", params={"query": query}).json()["data"]["result"]
+            found = {r["metric"]["pod"] for r in result}
+            return found if pods <= found else set()
+
+        await wait_for(working_set, 30, "the API pods' working set queryable in Prometheus")
+    finally:
+        component.down()
+
+
 async def test_crashloop_rule(workload: client.ApiClient) -> None:
     core, apps = client.CoreV1Api(workload), client.AppsV1Api(workload)
     await apps.create_namespaced_deployment(NS, _deployment("worker", "ghcr.io/genspark/worker:v1", 1))
