@@ -15,6 +15,7 @@ failures; undo, restart and exec never retry. One module per area:
   destructive mitigation's idempotency key, an annotation on the Deployment written with a compare-and-set)
 - ``cleanup``: delete_pod, list/delete_old_replicasets, list/delete_configmaps_by_prefix (with ``dry_run``)
 - ``namespaces``: create_namespace, label_namespace; ``export``: export_resources, export_custom_resources
+- ``releases``: read_last_known_good, record_last_known_good (the ``runbooks.io/last-known-good`` annotation)
 - ``custom``: get_custom_resource, annotate_custom_resource (``CERTIFICATE``); ``pod_exec``: exec_in_pod,
   exec_in_deployment
 """
@@ -95,8 +96,20 @@ from tasks.kubernetes.metrics import NodeUsage, PodUsage, top_nodes, top_pods
 from tasks.kubernetes.namespaces import NamespaceResult, create_namespace, label_namespace
 from tasks.kubernetes.pod_exec import ExecResult, exec_in_deployment, exec_in_pod
 from tasks.kubernetes.quantity import cpu_millicores, memory_bytes, parse_quantity
+from tasks.kubernetes.releases import (
+    LAST_KNOWN_GOOD,
+    LastKnownGood,
+    parse_last_known_good,
+    read_last_known_good,
+    record_last_known_good,
+)
 
 __all__ = [
+    "LAST_KNOWN_GOOD",
+    "LastKnownGood",
+    "parse_last_known_good",
+    "read_last_known_good",
+    "record_last_known_good",
     "FLOOR_ANNOTATION",
     "FloorRelease",
     "HpaFloor",

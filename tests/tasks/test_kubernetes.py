@@ -35,6 +35,8 @@ from sandbox.manager import Sandbox
 from tasks.kubernetes import (
     CERTIFICATE,
     FLOOR_ANNOTATION,
+    LAST_KNOWN_GOOD,
+    LastKnownGood,
     RolloutFailedError,
     RolloutTimeoutError,
     annotate_custom_resource,
@@ -59,6 +61,8 @@ from tasks.kubernetes import (
     list_pods,
     list_services,
     pod_logs,
+    read_last_known_good,
+    record_last_known_good,
     release_hpa_floors,
     rollout_history,
     rollout_restart,
@@ -386,6 +390,30 @@ async def test_scale_and_set_resources(kubernetes_cluster: KubernetesCluster, ad
         await set_resources(kubernetes_cluster, "demo-api", scratch, container="nope", limits={"cpu": "1"})
     with pytest.raises(KubernetesError, match="not a Kubernetes quantity"):
         await set_resources(kubernetes_cluster, "demo-api", scratch, limits={"cpu": "lots"})
+
+
+async def test_last_known_good_is_an_annotation_that_does_not_roll_out(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    await make_deployment(admin, scratch, "demo-api", replicas=1)
+    await ready(kubernetes_cluster, scratch, "demo-api")
+    assert await read_last_known_good(kubernetes_cluster, "demo-api", scratch) is None
+    before = await get_deployment(kubernetes_cluster, "demo-api", scratch)
+    record = LastKnownGood(revision=before.revision or 0, images=before.images, time="2026-12-04T12:00:00Z", run="r1")
+    await record_last_known_good(kubernetes_cluster, "demo-api", record, scratch)
+    assert await read_last_known_good(kubernetes_cluster, "demo-api", scratch) == record
+    raw = (await AppsV1Api(admin).read_namespaced_deployment("demo-api", scratch)).metadata.annotations[LAST_KNOWN_GOOD]
+    assert json.loads(raw) == {
+        "revision": before.revision,
+        "images": before.images,
+        "time": "2026-12-04T12:00:00Z",
+        "run": "r1",
+    }
+    assert (await get_deployment(kubernetes_cluster, "demo-api", scratch)).revision == before.revision  # no rollout
+    await AppsV1Api(admin).patch_namespaced_deployment(
+        "demo-api", scratch, {"metadata": {"annotations": {LAST_KNOWN_GOOD: "not json"}}}
+    )
+    assert await read_last_known_good(kubernetes_cluster, "demo-api", scratch) is None
 
 
 async def test_scale_out_raises_the_hpa_floor_until_every_incident_releases_it(
