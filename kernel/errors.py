@@ -84,3 +84,16 @@ class NotificationError(RunbookError):
 
 class SandboxError(RunbookError):
     system = "sandbox"
+
+
+class PolicyError(RunbookError):
+    """A policy file (``tasks/*/policy.yaml``) cannot be read or says something invalid: fix the file."""
+
+    system = "policy"
+
+
+class DeployError(RunbookError):
+    """A release was refused before it started (an open incident, another release running, a failed preflight
+    check) or failed and was rolled back."""
+
+    system = "deploy"

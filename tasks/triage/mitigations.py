@@ -14,17 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
-from prefect.states import Running
 from pydantic import BaseModel, Field
 
 from blocks.environment import load_environment
 from kernel.retry import once_task
 from tasks import kubernetes as k8s
+from tasks.approval import running_again
 from tasks.platform import open_circuit_breaker, set_model_fallback
 from tasks.reporting import describe_error
 from tasks.triage.policy import Action, Mode, TriagePolicy
@@ -180,7 +179,7 @@ async def decide(
             poll_interval=APPROVAL_POLL_INTERVAL_S,
         )
     except FlowPauseTimeout:
-        await _running_again()  # the server keeps a timed-out pause: the run goes on, denied
+        await running_again()  # the server keeps a timed-out pause: the run goes on, denied
         record.outcome, record.by = "rejected", "timeout"
         record.detail = f"no answer within {approval_timeout_s}s: denied"
         return record
@@ -188,15 +187,6 @@ async def decide(
     if not decision.approve:
         record.outcome, record.detail = "rejected", decision.note
     return record
-
-
-async def _running_again() -> None:
-    """Put the run back in Running after a pause that nobody answered (else Prefect holds its next tasks)."""
-    flow_ctx = FlowRunContext.get()
-    if flow_ctx is None or flow_ctx.flow_run is None:
-        return
-    async with get_client() as client:
-        await client.set_flow_run_state(flow_ctx.flow_run.id, Running(), force=True)
 
 
 # --------------------------------------------------------------------------------------------------- apply
