@@ -111,7 +111,7 @@ async def backup_retention(
     keep_weekly: Annotated[int, Field(ge=0, le=520)] = 4,
     keep_monthly: Annotated[int, Field(ge=0, le=240)] = 6,
     incomplete_grace_hours: Annotated[float, Field(ge=1, le=720)] = 24,
-    kind: Literal["daily", "emergency", "schema"] = "daily",
+    kind: Literal["daily", "emergency", "schema", "pre-deploy"] = "daily",
     dry_run: bool | None = None,
     local_staging_dir: str | None = None,
     local_keep_days: Annotated[float, Field(ge=0, le=365)] = 7,

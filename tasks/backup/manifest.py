@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from kernel.errors import RunbookError
 
-BackupKind = Literal["daily", "emergency", "schema"]
+BackupKind = Literal["daily", "emergency", "schema", "pre-deploy"]
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "verified.json"

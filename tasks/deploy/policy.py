@@ -86,7 +86,7 @@ class ApprovalRules(Strict):
 
 
 class DeployPolicy(Strict):
-    deployments: list[str] = Field(min_length=1)
+    deployments: dict[str, str] = Field(min_length=1, description="role (api, frontend) -> Deployment name")
     preflight: Preflight
     rollout: RolloutRules
     load: LoadSpec
