@@ -56,3 +56,10 @@ def test_the_backup_missing_automation_has_its_deployment() -> None:
     flow_name, _, deployment_name = BACKUP_MISSING_DEPLOYMENT.partition("/")
     [deployment] = [d for d in DEPLOYMENTS if d["name"] == deployment_name]
     assert load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).name == flow_name
+
+
+def test_releases_run_one_at_a_time() -> None:
+    for name in ("deploy-and-validate", "rollback-release"):
+        [deployment] = [d for d in DEPLOYMENTS if d["name"] == name]
+        assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        assert "schedules" not in deployment  # a release is started by a person (or CI), never by a clock
