@@ -266,3 +266,10 @@ async def test_a_target_that_does_not_answer_is_retried_then_a_failing_result(
     [result] = (await run_smoke_suite(platform, TEST_ENVIRONMENT, SmokeSuite(cases=[case]))).results
     assert not result.ok and not result.skipped and result.status_code is None
     assert "cannot reach" in result.detail
+
+
+def test_the_frontend_client_needs_a_frontend_url() -> None:
+    platform = PlatformAPI(base_url="http://127.0.0.1:1", admin_token="x", status_page_url="http://127.0.0.1:1")  # type: ignore[arg-type]
+    assert platform.frontend_url is None
+    with pytest.raises(ConfigurationError, match="frontend_url"):
+        platform.get_frontend_client()
