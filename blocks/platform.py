@@ -6,6 +6,7 @@ import httpx
 from pydantic import AnyHttpUrl, Field, SecretStr
 
 from blocks._base import RunbookBlock, tls_context
+from kernel.errors import ConfigurationError
 
 
 class PlatformAPI(RunbookBlock):
@@ -26,6 +27,11 @@ class PlatformAPI(RunbookBlock):
     admin_token: SecretStr = Field(description="Bearer token for the /admin endpoints.")
     status_page_url: AnyHttpUrl = Field(description="Base URL of the public status page (serves /api/v2/summary.json).")
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout in seconds.")
+    frontend_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="Base URL of the web frontend (serves /health and its page); unset, the smoke tests of the "
+        "frontend are reported as skipped.",
+    )
 
     def get_client(self, *, admin: bool = True) -> httpx.AsyncClient:
         """A client on ``base_url``; with ``admin`` it carries the bearer token."""
@@ -34,6 +40,17 @@ class PlatformAPI(RunbookBlock):
             headers["Authorization"] = f"Bearer {self.admin_token.get_secret_value()}"
         return httpx.AsyncClient(
             verify=tls_context(), base_url=str(self.base_url), headers=headers, timeout=self.timeout_s
+        )
+
+    def get_frontend_client(self) -> httpx.AsyncClient:
+        """A client on the frontend (no credentials); ``frontend_url`` must be set."""
+        if self.frontend_url is None:
+            raise ConfigurationError(
+                self.display_name, "frontend_url", "no frontend URL is configured", hint="set the block's frontend_url"
+            )
+        headers = {"User-Agent": "runbooks"}
+        return httpx.AsyncClient(
+            verify=tls_context(), base_url=str(self.frontend_url), headers=headers, timeout=self.timeout_s
         )
 
     def get_status_page_client(self) -> httpx.AsyncClient:

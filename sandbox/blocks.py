@@ -40,6 +40,7 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
             base_url=platform_url,
             admin_token=secrets["platform_admin_token"],
             status_page_url=platform_url,
+            frontend_url=settings.url(settings.platform_port, "/frontend"),  # the double serves the frontend too
         ),
         postgres=PostgresDatabase(dsn=PostgresComponent(settings, state).app_dsn()),
         redis=RedisDatabase(url=RedisComponent(settings, state).url()),

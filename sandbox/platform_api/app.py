@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sandbox.platform_api import models as m
@@ -27,6 +27,10 @@ Public endpoints report the simulated fleet; `/admin/*` changes it (Bearer admin
 
 class PrometheusResponse(PlainTextResponse):
     media_type = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class FrontendPage(HTMLResponse):
+    media_type = "text/html; charset=utf-8"  # the header as sent, so the contract documents it as such
 
 
 async def platform(request: Request) -> PlatformState:
@@ -57,6 +61,7 @@ UNAUTHORIZED: dict[int | str, dict[str, object]] = {
 
 public = APIRouter()
 admin = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
+frontend = APIRouter(prefix="/frontend", tags=["frontend"])
 sandbox = APIRouter(prefix="/_sandbox", tags=["sandbox"], dependencies=[Depends(require_admin)], responses=UNAUTHORIZED)
 
 
@@ -191,6 +196,48 @@ async def get_rate_limits(state: State) -> m.RateLimits:
 async def get_status_summary(state: State) -> m.StatusPageSummary:
     """statuspage.io-shaped summary; an incident is open while any fault is injected."""
     return state.status_page()
+
+
+# ---- frontend ---------------------------------------------------------------------------------------
+# The web frontend (ai-multimodel-frontend) is served by the double under /frontend: its health endpoint and its
+# page, both down (503) while the service_down fault is on.
+
+FRONTEND_PAGE = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>AI Multi-Model Platform</title></head>
+<body><h1>AI Multi-Model Platform</h1><p>Chat with GPT-4, Claude and Gemini from one place.</p></body>
+</html>
+"""
+FRONTEND_DOWN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Service unavailable</title></head>
+<body><h1>503 Service unavailable</h1></body></html>
+"""
+
+
+@frontend.get(
+    "/health",
+    response_model=m.FrontendHealth,
+    responses={503: {"model": m.FrontendHealth, "description": "Frontend down (the service_down fault)"}},
+)
+async def get_frontend_health(state: State, response: Response) -> m.FrontendHealth:
+    if state.faults.service_down:
+        response.status_code = 503
+        return m.FrontendHealth(status="down", version=VERSION)
+    return m.FrontendHealth(status="ok", version=VERSION)
+
+
+@frontend.get(
+    "/",
+    response_class=FrontendPage,
+    responses={
+        503: {"content": {FrontendPage.media_type: {"schema": {"type": "string"}}}, "description": "Frontend down"}
+    },
+)
+async def get_frontend_page(state: State) -> FrontendPage:
+    """The frontend's landing page (HTML, with a ``<title>``)."""
+    if state.faults.service_down:
+        return FrontendPage(FRONTEND_DOWN_PAGE, status_code=503)
+    return FrontendPage(FRONTEND_PAGE)
 
 
 # ---- admin ------------------------------------------------------------------------------------------
@@ -367,7 +414,7 @@ def create_app(admin_token: str, *, seed: int = 7, clock: Clock = time.time) -> 
     app.state.admin_token = admin_token.encode()
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(InvalidInput, _invalid_input)
-    for router in (public, admin, sandbox):
+    for router in (public, frontend, admin, sandbox):
         app.include_router(router)
     return app
 

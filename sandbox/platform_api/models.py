@@ -182,6 +182,13 @@ class HealthResponse(BaseModel):
     checks: dict[str, CheckStatus]
 
 
+class FrontendHealth(BaseModel):
+    """The web frontend's own health endpoint (served by the double under ``/frontend``)."""
+
+    status: Literal["ok", "down"]
+    version: str
+
+
 class ModelInfo(BaseModel):
     name: str
     provider: str

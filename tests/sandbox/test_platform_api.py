@@ -318,6 +318,19 @@ def test_service_down(api: httpx.Client, admin: httpx.Client) -> None:
     assert api.get("/metrics").status_code == 200
 
 
+def test_frontend_health_and_page_go_down_with_the_service(api: httpx.Client, admin: httpx.Client) -> None:
+    health, page = api.get("/frontend/health"), api.get("/frontend/")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["version"]
+    assert page.status_code == 200 and "<title>AI Multi-Model Platform</title>" in page.text
+    check_documented("GET", "/frontend/", page)
+    set_faults(admin, service_down=True)
+    health, page = api.get("/frontend/health"), api.get("/frontend/")
+    assert health.status_code == 503 and health.json()["status"] == "down"
+    assert page.status_code == 503 and "AI Multi-Model Platform" not in page.text
+    check_documented("GET", "/frontend/health", health)
+    check_documented("GET", "/frontend/", page)
+
+
 def test_latency_fault(api: httpx.Client, admin: httpx.Client) -> None:
     before = {m["name"]: m["avg_latency"] for m in api.get("/api/v1/analytics/latency?window=1h").json()["models"]}
     p95 = metric(api, "http_response_time_recent_seconds", quantile="0.95")
