@@ -158,6 +158,7 @@ async def deploy_and_validate(
     baselines = await asyncio.gather(*(_measure(env.prometheus, g, triage, window) for g in policy.gates))
     progress = await start_progress(f"deploy-progress-{environment}", f"Rolling out to {environment}")
     rollout_started = time.monotonic()
+    report.rollout_started_at = datetime.now(UTC)
     for name, image in images.items():
         await k8s.set_image(cluster, name, image, change_cause=f"deploy {image} ({report.request.commit})")
     rolled = await follow_rollout(cluster, names, policy.rollout, progress=progress)
@@ -172,6 +173,7 @@ async def deploy_and_validate(
         )
     )
     report.deployed = rolled.release
+    report.stable_at = datetime.now(UTC) if rolled.outcome == "complete" else None
     if rolled.outcome == "complete":
         # ------------------------------------------------------------------------------------- validation
         soak = max([window or g.window_s for g in policy.gates] + [load_duration])
@@ -234,6 +236,7 @@ async def deploy_and_validate(
         steps, back = await roll_back_release(cluster, previous, policy.rollout)
         report.rollback = steps
         report.outcome = "rolled-back" if back.outcome == "complete" else "rollback-failed"
+        report.stable_at = datetime.now(UTC) if back.outcome == "complete" else None
         report.message = f"rolled back: {why}" + ("" if back.outcome == "complete" else f"; rollback {back.message}")
     report.duration_s = round(time.monotonic() - clock, 1)
     await publish_report(report)

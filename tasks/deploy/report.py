@@ -42,6 +42,8 @@ class DeployReport(BaseModel):
     rollback: list[RollbackStep] = Field(default_factory=list)
     message: str = ""
     duration_s: float = 0.0
+    rollout_started_at: datetime | None = None
+    stable_at: datetime | None = Field(default=None, description="both Deployments Ready on the final release")
 
     @property
     def verdict(self) -> Verdict:
