@@ -436,7 +436,15 @@ class PlatformComponent(ProcessComponent):
         ]
 
     def process_env(self) -> dict[str, str]:
-        return {**os.environ, "RUNBOOKS_PLATFORM_ADMIN_TOKEN": self.state.secrets()["platform_admin_token"]}
+        # what is deployed steers the double's traffic (sandbox/platform_api/deployed.py): the cluster's admin
+        # kubeconfig (KubernetesComponent.admin_kubeconfig, written later: the double waits for it) or, when the
+        # cluster is external, KUBECONFIG
+        kubeconfig = os.environ.get("KUBECONFIG") or str(self.settings.home / "k8s" / "admin.kubeconfig")
+        return {
+            **os.environ,
+            "RUNBOOKS_PLATFORM_ADMIN_TOKEN": self.state.secrets()["platform_admin_token"],
+            "RUNBOOKS_PLATFORM_KUBECONFIG": kubeconfig,
+        }
 
     def healthy(self) -> bool:
         try:  # /health answers 503 while the "service_down" fault is on: the double itself is still up

@@ -1,5 +1,6 @@
-"""How the simulated node's containers behave: the steering rules (ConfigMap ``kube-system/sandbox-node-behaviour``
-key ``rules.json``, and pod annotations), the per-container run history (restarts, crash loops, slow readiness),
+"""How the simulated node's containers behave: the release catalogue (the image tag, :mod:`sandbox.releases`), the
+steering rules (ConfigMap ``kube-system/sandbox-node-behaviour`` key ``rules.json``, and pod annotations), combined;
+the per-container run history (restarts, crash loops, slow readiness),
 the pod status the node reports, and deterministic resource usage.
 
 Everything observable is a function of the recorded history and the wall clock, so logs, statuses and metrics
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from sandbox.releases import release_behaviour
 
 RULES_NAMESPACE = "kube-system"
 RULES_CONFIGMAP = "sandbox-node-behaviour"
@@ -56,7 +59,7 @@ class Behaviour:
     """What one container does, resolved from the rules and the pod's annotations."""
 
     crash: bool = False
-    reason: str = ""  # why it crashes: "image" or "crashloop"
+    reason: str = ""  # why it crashes: "image" (failing_images), "release" (the tag) or "crashloop"
     ready_after_s: float = 0.0
     error_logs: bool = False
     memory_growth_mib_per_min: float = 0.0
@@ -64,22 +67,27 @@ class Behaviour:
 
 
 def resolve(pod: dict[str, Any], container: dict[str, Any], rules: Rules) -> Behaviour:
+    """The rules and annotations, combined with the release behaviour of the container's image tag: either can
+    make it crash or log errors; the later readiness and the sum of the memory growths apply."""
     meta = pod.get("metadata") or {}
     app = (meta.get("labels") or {}).get("app", "")
     annotations = meta.get("annotations") or {}
     flags = {f.strip() for f in annotations.get(BEHAVIOUR_ANNOTATION, "").split(",") if f.strip()}
     image = container.get("image", "")
+    release = release_behaviour(image)
     bad_image = any(fnmatch.fnmatchcase(image, pattern) for pattern in rules.failing_images)
     crashloop = app in rules.crashloop or "crashloop" in flags
     ready_after = float(rules.slow_ready_seconds.get(app, DEFAULT_SLOW_READY_S if "slow-ready" in flags else 0.0))
     with contextlib.suppress(KeyError, ValueError):
         ready_after = float(annotations[READY_AFTER_ANNOTATION])
+    error_logs = any(app == p or fnmatch.fnmatchcase(image, p) for p in rules.error_logs) or "error-logs" in flags
     return Behaviour(
-        crash=bad_image or crashloop,
-        reason="image" if bad_image else ("crashloop" if crashloop else ""),
-        ready_after_s=ready_after,
-        error_logs=any(app == p or fnmatch.fnmatchcase(image, p) for p in rules.error_logs) or "error-logs" in flags,
-        memory_growth_mib_per_min=float(rules.memory_growth_mib_per_min.get(app, 0.0)),
+        crash=bad_image or release.crash or crashloop,
+        reason="image" if bad_image else "release" if release.crash else "crashloop" if crashloop else "",
+        ready_after_s=max(ready_after, release.ready_after_s),
+        error_logs=error_logs or release.error_logs,
+        memory_growth_mib_per_min=float(rules.memory_growth_mib_per_min.get(app, 0.0))
+        + release.memory_growth_mib_per_min,
         cpu_millicores=rules.cpu_millicores.get(app),
     )
 

@@ -149,7 +149,7 @@ def _crash(kind: str, c: ContainerSim) -> list[str]:
         ]
     cause = (
         f'RuntimeError: incompatible model registry schema (got v3, this build supports v2): image "{c.image}"'
-        if c.behaviour.reason == "image"
+        if c.behaviour.reason in ("image", "release")
         else "ConnectionError: could not connect to upstream dependency after 3 attempts"
     )
     return [

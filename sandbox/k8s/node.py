@@ -1,7 +1,7 @@
 """The simulated node agent: registers Node ``--name``, keeps its status and Lease fresh, "runs" the pods bound to
 it (statuses, pod IPs, crash loops, slow readiness, final deletes, events), serves the kubelet API and
-metrics.k8s.io. Steered by the ConfigMap ``kube-system/sandbox-node-behaviour`` and pod annotations (see
-:mod:`sandbox.k8s.behaviour`).
+metrics.k8s.io. Steered by the image tags (the release catalogue, :mod:`sandbox.releases`), the ConfigMap
+``kube-system/sandbox-node-behaviour`` and pod annotations (see :mod:`sandbox.k8s.behaviour`).
 
     python -m sandbox.k8s.node --kubeconfig K --name N --address A --port P --cert C --key K --ca CA \\
         --metrics-address M --metrics-port MP --metrics-cert MC --metrics-key MK --front-proxy-ca FCA

@@ -4,9 +4,12 @@ Start it with ``RUNBOOKS_PLATFORM_ADMIN_TOKEN=... uvicorn sandbox.platform_api.a
 with ``create_app(token, seed=..., clock=...)``. Handlers are ``async`` so state changes stay on the loop.
 """
 
+import asyncio
+import contextlib
 import hmac
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response, Security
@@ -16,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from sandbox.platform_api import models as m
+from sandbox.platform_api.deployed import start_release_watcher
 from sandbox.platform_api.state import VERSION, Clock, InvalidInput, NotFound, PlatformState
 
 ADMIN_TOKEN_ENV = "RUNBOOKS_PLATFORM_ADMIN_TOKEN"
@@ -388,6 +392,14 @@ async def reset_sandbox(state: State) -> m.FaultsStatus:
     return state.fault_status()
 
 
+@sandbox.get("/release")
+async def get_release(state: State) -> m.ReleaseStatus:
+    """What the double believes is deployed: ready API pods per image, read from the Kubernetes API about every
+    second, and the release effect they add (the release catalogue, sandbox/releases.py). Observed, not injected:
+    ``/_sandbox/reset`` leaves it alone."""
+    return state.release
+
+
 # ---- assembly ---------------------------------------------------------------------------------------
 
 
@@ -401,6 +413,18 @@ async def _invalid_input(request: Request, exc: Exception) -> Response:
     return await request_validation_exception_handler(request, RequestValidationError([error]))
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Follow what is deployed when RUNBOOKS_PLATFORM_KUBECONFIG names a kubeconfig (platform_api/deployed.py)."""
+    state: PlatformState = app.state.platform
+    watcher = start_release_watcher(state.observe_release, asyncio.get_running_loop())
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.stop()
+
+
 def create_app(admin_token: str, *, seed: int = 7, clock: Clock = time.time) -> FastAPI:
     if not admin_token:
         raise ValueError("admin_token must not be empty")
@@ -409,6 +433,7 @@ def create_app(admin_token: str, *, seed: int = 7, clock: Clock = time.time) -> 
         version=VERSION,
         description=DESCRIPTION,
         generate_unique_id_function=lambda route: route.name,
+        lifespan=_lifespan,
     )
     app.state.platform = PlatformState(seed, clock)
     app.state.admin_token = admin_token.encode()

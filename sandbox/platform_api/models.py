@@ -444,6 +444,16 @@ class FaultsStatus(Faults):
     active: bool
 
 
+class ReleaseStatus(BaseModel):
+    """What the double believes is deployed (observed from the Kubernetes API, not injected): the ready pods of
+    ``app=ai-multimodel-api`` per image, and the release effect added to the injected faults."""
+
+    images: dict[str, int] = Field(default_factory=dict, description="ready pods per image")
+    error_rate: float = Field(0.0, description="added 5xx share: the ready-pod-weighted mean of the releases'")
+    latency_ms: float = Field(0.0, description="added mean latency: the ready-pod-weighted mean of the releases'")
+    observed_at: datetime | None = Field(None, description="the last successful read of the pods")
+
+
 class StatusPageInfo(BaseModel):
     id: str
     name: str

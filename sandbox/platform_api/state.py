@@ -15,6 +15,7 @@ from typing import Any
 
 from sandbox.platform_api import models as m
 from sandbox.platform_api.fleet import FLEET, ModelSpec
+from sandbox.releases import release_effect
 
 Clock = Callable[[], float]
 
@@ -150,6 +151,8 @@ class Key:
 class PlatformState:
     def __init__(self, seed: int = 7, clock: Clock = time.time) -> None:
         self._seed, self._clock = seed, clock
+        # what is deployed, observed (sandbox/platform_api/deployed.py), not injected: ``reset`` keeps it
+        self.release = m.ReleaseStatus()
         self.reset()
 
     # ---- simulation ---------------------------------------------------------------------------------
@@ -263,10 +266,14 @@ class PlatformState:
         return x.spec.name in self.faults.models_down
 
     def _error_rate(self, x: Model) -> float:
-        return 1.0 if self._down(x) else min(1.0, x.base_error_rate + self.faults.error_rate)
+        if self._down(x):
+            return 1.0
+        return min(1.0, x.base_error_rate + self.faults.error_rate + self.release.error_rate)
 
     def _latency(self, x: Model) -> float:
-        return float(x.timeout_ms) if self._down(x) else x.base_latency_ms + self.faults.latency_ms
+        if self._down(x):
+            return float(x.timeout_ms)
+        return x.base_latency_ms + self.faults.latency_ms + self.release.latency_ms
 
     def _status(self, x: Model) -> m.ModelStatus:
         if not x.enabled or self._down(x):
@@ -828,6 +835,19 @@ class PlatformState:
         return alert
 
     # ---- sandbox faults -----------------------------------------------------------------------------
+
+    def observe_release(self, ready_pods: dict[str, int] | None, at: float | None) -> m.ReleaseStatus:
+        """Record the ready pods per image (None: nothing observable, no release effect); traffic up to now is
+        counted with the release it was served by."""
+        self.advance()
+        error_rate, latency_ms = release_effect(ready_pods or {})
+        self.release = m.ReleaseStatus(
+            images=dict(sorted((ready_pods or {}).items())),
+            error_rate=round(error_rate, 6),
+            latency_ms=round(latency_ms, 3),
+            observed_at=at,
+        )
+        return self.release
 
     def fault_status(self) -> m.FaultsStatus:
         return m.FaultsStatus(**self.faults.model_dump(), active=bool(self.fault_since))
