@@ -1,7 +1,7 @@
 """The smoke suite (``tasks/smoke/suite.yaml``): the seed's ``./tests/smoke-tests.sh`` as data.
 
 Read at each run (:func:`load_suite`), never cached for the process: an edited suite applies to the next run. A bad
-file is a :class:`~kernel.errors.ConfigurationError` naming the file and the case.
+file is a :class:`~kernel.errors.PolicyError` naming the file and the case.
 
 A case asks one HTTP request of one target and judges the answer::
 
@@ -31,7 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kernel.errors import ConfigurationError
+from kernel.errors import PolicyError
 
 SUITE_PATH = Path(__file__).with_name("suite.yaml")
 Target = Literal["api", "frontend", "status_page"]
@@ -164,14 +164,13 @@ def load_suite(path: Path | None = None) -> SmokeSuite:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigurationError(str(path), None, f"cannot read the smoke suite: {err}", hint=hint) from err
+        raise PolicyError(f"cannot read the smoke suite {path}: {err}", hint=hint, transient=False) from err
     try:
         return SmokeSuite.model_validate(raw)
     except ValidationError as err:
         errors = err.errors()
-        first = _where(raw, errors[0]["loc"])
         problems = "; ".join(f"{_where(raw, e['loc']) or 'suite'}: {e['msg']}" for e in errors[:5])
-        raise ConfigurationError(str(path), first or None, f"invalid smoke suite: {problems}", hint=hint) from err
+        raise PolicyError(f"invalid smoke suite {path}: {problems}", hint=hint, transient=False) from err
 
 
 def _where(raw: Any, loc: tuple[int | str, ...]) -> str:

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from blocks.environment import load_environment
 from blocks.platform import PlatformAPI
-from kernel.errors import ConfigurationError
+from kernel.errors import ConfigurationError, PolicyError
 from sandbox.manager import Sandbox
 from tasks.smoke import JsonAssertion, SmokeCase, SmokeReport, SmokeResult, SmokeSuite, load_suite, run_smoke_suite
 from tests.conftest import TEST_ENVIRONMENT, free_port
@@ -87,7 +87,7 @@ GOOD_CASE = "  - {name: ok case, target: api, path: /health, expect_status: 200,
 def test_a_bad_suite_names_the_file_and_the_case(tmp_path: Path, text: str, names: list[str]) -> None:
     path = tmp_path / "suite.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigurationError) as caught:
+    with pytest.raises(PolicyError) as caught:
         load_suite(path)
     message = str(caught.value)
     assert str(path) in message
@@ -96,8 +96,8 @@ def test_a_bad_suite_names_the_file_and_the_case(tmp_path: Path, text: str, name
     assert "tasks/smoke/suite.py" in message  # the hint says where the format is described
 
 
-def test_a_missing_suite_file_is_a_configuration_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="cannot read the smoke suite"):
+def test_a_missing_suite_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read the smoke suite"):
         load_suite(tmp_path / "nowhere.yaml")
 
 
