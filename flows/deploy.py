@@ -75,7 +75,7 @@ async def deploy_and_validate(
     reason: str = "",
     force: bool = False,
     force_reason: str = "",
-    dry_run: bool = False,
+    dry_run: bool | None = None,
     load_rate_per_s: Annotated[float, Field(gt=0, le=500)] | None = None,
     load_duration_s: Annotated[float, Field(ge=0, le=3600)] | None = None,
     gate_window_s: Annotated[int, Field(ge=10, le=3600)] | None = None,
@@ -83,7 +83,8 @@ async def deploy_and_validate(
 ) -> State:
     """Release the image tags ``api_tag`` / ``frontend_tag`` on ``environment``, check it before, during and after,
     and roll both Deployments back together when it fails. ``force`` (with ``force_reason``) overrides an open
-    incident on the status page; ``dry_run`` runs the preflight and says what it would roll out. The load, the gate
+    incident on the status page; ``dry_run`` (default: on everywhere but the sandbox) runs the preflight and
+    says what it would roll out. The load, the gate
     window and the approval timeout default to the policy's."""
     logger = get_run_logger()
     clock = time.monotonic()
@@ -137,7 +138,7 @@ async def deploy_and_validate(
         return await _refuse(report, f"the status page shows {incident.value}: fix it first, or force with a reason")
     if blocking:
         return await _refuse(report, "preflight failed: " + ", ".join(f"{c.name} ({c.value})" for c in blocking[:4]))
-    if dry_run:
+    if env.dry_run_by_default if dry_run is None else dry_run:
         report.outcome, report.message = "dry-run", f"would roll out {', '.join(images.values())}"
         report.duration_s = round(time.monotonic() - clock, 1)
         await publish_report(report)

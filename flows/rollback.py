@@ -36,11 +36,12 @@ async def rollback_release(
     frontend_revision: int | None = None,
     reason: str = "",
     requested_by: str = "",
-    dry_run: bool = False,
+    dry_run: bool | None = None,
 ) -> State:
     """Put the API and frontend Deployments of ``environment`` back on ``target`` together: their *last known good*
     release, or (``target="revision"``) the revisions ``api_revision`` / ``frontend_revision`` of their rollout
-    history (a Deployment without one stays as it is)."""
+    history (a Deployment without one stays as it is). ``dry_run`` (default: on everywhere but the sandbox) says
+    what would change."""
     logger = get_run_logger()
     clock = time.monotonic()
     env = await load_environment(environment)
@@ -95,7 +96,7 @@ async def rollback_release(
     others = await other_release_runs(environment)
     if others:
         raise DeployError(f"another release is running on {environment}: {', '.join(others)}", transient=False)
-    if dry_run:
+    if env.dry_run_by_default if dry_run is None else dry_run:
         report.outcome, report.message = "dry-run", f"would roll back to {goal.describe()}"
         await publish_report(report)
         return Completed(message=report.message, data=report)

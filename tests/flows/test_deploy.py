@@ -332,3 +332,25 @@ async def test_rollback_release_restores_last_known_good_and_refuses_the_current
         e["body"] for e in received(receivers_url, "slack") if e["body"].get("channel") == "#ai-multimodel-deployments"
     ]
     assert "hand-made release" in json.dumps(told[-1]) and good_api in json.dumps(told[-1])
+
+
+async def test_outside_the_sandbox_a_release_is_a_dry_run_unless_asked(
+    production_environment: str, seeded_release: dict[str, list[str]], admin_kubeconfig: Path
+) -> None:
+    api_tag, _ = new_tags(seeded_release)
+    state = await deploy_and_validate(environment=production_environment, api_tag=api_tag, return_state=True)
+    assert state.is_completed(), state.message
+    report = await state.result()
+    assert report.outcome == "dry-run" and f"would roll out ghcr.io/genspark/{API}:{api_tag}" in report.message
+    assert {c.name for c in report.checks} >= {"status page", "pods"}  # the preflight ran
+    assert report.backup_id is None  # nothing taken, nothing changed
+    assert images(admin_kubeconfig, API) == seeded_release[API]
+
+
+async def test_bad_input_is_one_clear_line(deploy_environment: str) -> None:
+    state = await deploy_and_validate(environment=deploy_environment, return_state=True)
+    assert state.is_failed() and "nothing to release: give api_tag and/or frontend_tag" in state.message
+    state = await deploy_and_validate(environment=deploy_environment, api_tag="v1 ; rm -rf", return_state=True)
+    assert state.is_failed() and "api_tag 'v1 ; rm -rf' is not an image tag" in state.message
+    state = await deploy_and_validate(environment=deploy_environment, api_tag="v1", force=True, return_state=True)
+    assert state.is_failed() and "force needs a force_reason" in state.message
