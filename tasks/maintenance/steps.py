@@ -35,7 +35,8 @@ class StepResult(BaseModel):
 
     @property
     def line(self) -> str:
-        return f"{ICONS[self.status]} **{self.title}** — {self.status}: {self.summary}"
+        said = self.summary if self.summary.startswith(f"{self.status}:") else f"{self.status}: {self.summary}"
+        return f"{ICONS[self.status]} **{self.title}** — {said}"
 
 
 class StepFailedError(RunbookError):
