@@ -23,9 +23,14 @@ import pytest
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import aresume_flow_run
 
 from blocks.environment import RunbookEnvironment
 from blocks.kubernetes import KubernetesCluster
+from blocks.registry import save_environment
 from flows.backup import daily_backup
 from flows.maintenance import STEP_NAMES, weekly_maintenance
 from sandbox.manager import Sandbox
@@ -319,3 +324,68 @@ async def test_resources_database_and_performance_are_measured(kubernetes_cluste
     assert performance.status in ("pass", "warn"), performance.summary
     assert isinstance(performance.figures["requests"], int) and performance.figures["requests"] > 0
     assert "requests" in performance.summary and "p95" in performance.summary
+
+
+@pytest.fixture()
+async def production_like(admin_kubeconfig: Path, kubernetes_cluster: KubernetesCluster) -> AsyncIterator[str]:
+    """An environment of kind ``production`` (a dry run by default: the cleanup asks) whose Kubernetes namespace is
+    a scratch one holding five ``deployment-alerts-*`` ConfigMaps; the namespace is deleted afterwards."""
+    namespace = f"rb-maint-approve-{uuid.uuid4().hex[:5]}"
+    name = f"{TEST_ENVIRONMENT}-maint-{uuid.uuid4().hex[:5]}"
+    env = await RunbookEnvironment.aload(TEST_ENVIRONMENT)
+    cluster = kubernetes_cluster.model_copy(update={"namespace": namespace})
+    await save_environment(env.model_copy(update={"kind": "production", "kubernetes": cluster}), name)
+    api = await k8s_config.new_client_from_config(config_file=str(admin_kubeconfig))
+    async with api:
+        core = k8s_client.CoreV1Api(api)
+        await core.create_namespace({"metadata": {"name": namespace, "labels": {"runbooks-test": "true"}}})
+        try:
+            for day in range(1, 6):
+                body = {"metadata": {"name": f"deployment-alerts-2026110{day}-120000"}, "data": {"k": "v"}}
+                await core.create_namespaced_config_map(namespace, body)
+            yield name
+        finally:
+            await core.delete_namespace(namespace)
+
+
+async def paused_maintenance(environment: str, run: asyncio.Task[Any], timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run.done():
+            raise AssertionError(f"the maintenance did not pause: {run.result()}")
+        async with get_client() as client:
+            paused = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["weekly-maintenance"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))),
+            )
+        for flow_run in paused:
+            if flow_run.parameters.get("environment") == environment:
+                return flow_run.id
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"the maintenance never paused for approval within {timeout_s}s")
+
+
+@pytest.mark.parametrize("answer", ["approve", "no answer"])
+async def test_cleanup_outside_the_sandbox_deletes_only_once_approved(
+    production_like: str, admin_kubeconfig: Path, answer: str
+) -> None:
+    env = await RunbookEnvironment.aload(production_like)
+    assert env.kubernetes is not None and env.dry_run_by_default
+    namespace = env.kubernetes.namespace
+    run = asyncio.create_task(
+        weekly_maintenance(environment=production_like, skip=only("cleanup"), approval_timeout_s=10, return_state=True)
+    )
+    run_id = await paused_maintenance(production_like, run)
+    if answer == "approve":
+        await aresume_flow_run(run_id, run_input={"approve": True, "approver": "alice", "note": "old alerts"})
+    state = await asyncio.wait_for(run, timeout=120)
+    report = state.data if isinstance(state.data, MaintenanceReport) else await state.aresult(raise_on_failure=False)
+    cleanup = {s.name: s for s in report.steps}["cleanup"]
+    left = kubectl(admin_kubeconfig, "get", "configmaps", "-n", namespace, "-o", "name").split()
+    alerts = sorted(n.removeprefix("configmap/") for n in left if "deployment-alerts-" in n)
+    if answer == "approve":
+        assert cleanup.status == "pass" and "approved by alice" in cleanup.summary, cleanup.summary
+        assert alerts == [f"deployment-alerts-2026110{day}-120000" for day in (3, 4, 5)]
+    else:
+        assert cleanup.status == "warn" and cleanup.summary.startswith("not approved: would delete"), cleanup.summary
+        assert len(alerts) == 5  # default deny: nothing deleted
