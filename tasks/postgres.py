@@ -221,13 +221,18 @@ async def _fetch(conn: psycopg.AsyncConnection, query: str, args: tuple[object, 
 
 
 @idempotent_task
-async def analyze_database(db: PostgresDatabase, *, lock_timeout: str = MAINTENANCE_LOCK_TIMEOUT) -> AnalyzeResult:
+async def analyze_database(
+    db: PostgresDatabase, *, lock_timeout: str = MAINTENANCE_LOCK_TIMEOUT, cost_delay_ms: float = 2.0
+) -> AnalyzeResult:
     """The seed's ``ANALYZE``: SHARE UPDATE EXCLUSIVE locks, which never block reads or writes; with a
-    ``lock_timeout`` so that it never waits behind someone else's lock (and the writes behind it)."""
+    ``lock_timeout`` so that it never waits behind someone else's lock (and the writes behind it), and
+    ``vacuum_cost_delay`` (``cost_delay_ms``, autovacuum's 2 ms) so that its reads yield to the application's."""
     started = time.perf_counter()
     async with db.get_client() as conn:
         try:
             await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(lock_timeout)))
+            # cost-based delay, as autovacuum throttles itself: ANALYZE's reads yield to the application's I/O
+            await conn.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(f"{cost_delay_ms}ms")))
             await conn.execute("ANALYZE")
         except psycopg.Error as err:
             raise PostgresError(
