@@ -14,41 +14,17 @@
 
 from __future__ import annotations
 
-import tempfile
-import time
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
+from prefect import flow
 from pydantic import Field
 
-from blocks.environment import RunbookEnvironment, load_environment
+from blocks.environment import load_environment
 from kernel.redact import redact_errors
-from tasks.backup.manifest import IncompleteBackupError, Manifest
-from tasks.backup.report import VerificationReport, artifact_slug, emit_verification_event
-from tasks.backup.restore import (
-    create_database,
-    download_objects,
-    find_backup,
-    restore_archive,
-    scratch_database_name,
-)
-from tasks.backup.verify import (
-    BackupVerificationError,
-    drop_database,
-    new_verified_record,
-    primary_key_columns,
-    validate_database,
-    verify_redis,
-    write_verified,
-)
-from tasks.notify import post_slack_webhook
-from tasks.reporting import describe_error, publish_markdown
+from tasks.backup.report import VerificationReport
+from tasks.backup.verification import run_verification, scratch_name
 
-
-def scratch_name(live: str, backup_id: str) -> str:
-    return scratch_database_name(live, "verify", backup_id)
+__all__ = ["scratch_name", "verify_backup"]
 
 
 @flow(name="verify-backup", log_prints=False)
@@ -65,109 +41,16 @@ async def verify_backup(
     PostgreSQL database and a throwaway Redis, check it against its manifest with Great Expectations and
     record it as verified. ``redis_key_tolerance`` (a fraction of the key count) allows for writes between the
     manifest's key count and the BGSAVE on a busy Redis."""
-    logger = get_run_logger()
-    started = time.perf_counter()
     env = await load_environment(environment)
-    report = VerificationReport(environment=environment, kind=kind, backup_id=backup_id)
-    failure: BaseException | None = None
-    try:
-        manifest: Manifest = await find_backup(env.backups, kind, environment, backup_id)
-        report.backup_id, report.backup_prefix = manifest.backup_id, manifest.prefix
-        report.backup_completed_at = manifest.completed_at
-        await _verify(env, manifest, report, jobs, redis_key_tolerance)
-        if report.failures:
-            raise BackupVerificationError(manifest.prefix, report.failures)
-        flow_run = FlowRunContext.get()
-        run_id = str(flow_run.flow_run.id) if flow_run and flow_run.flow_run else None
-        record = new_verified_record(manifest, report.database, report.redis, run_id)
-        report.verified_key = await write_verified(env.backups, manifest, record)
-    except BaseException as err:
-        failure = err
-        report.status = "failed"
-        report.error = describe_error(err)
-    finally:
-        if report.scratch_database:
-            try:
-                await drop_database(env.postgres, report.scratch_database)
-                report.scratch_dropped = True
-            except Exception as err:  # noqa: BLE001 - reported, and the run fails below
-                logger.error("Scratch database %s not dropped: %s", report.scratch_database, err)
-                report.notes.append(f"dropping the scratch database failed: {describe_error(err)}")
-                if failure is None:
-                    failure = err
-                    report.status, report.error = "failed", describe_error(err)
-        report.duration_s = round(time.perf_counter() - started, 3)
-        await publish_markdown(
-            f"verify-backup-{artifact_slug(environment)}",
-            report.to_markdown(),
-            f"Backup verification of {environment}",
-        )
-        emit_verification_event(report)
-    if failure is None:
-        logger.info("Backup %s verified: %s", report.backup_prefix, report.verified_key)
-        return report
-    logger.error("Backup verification of %s failed: %s", environment, report.error)
-    if notify_on_failure and isinstance(failure, Exception):
-        await _notify_failure(env, report, logger)
-    raise failure
-
-
-async def _verify(
-    env: RunbookEnvironment, manifest: Manifest, report: VerificationReport, jobs: int, redis_tolerance: float
-) -> None:
-    logger = get_run_logger()
-    postgres = manifest.postgres
-    pg_objects = manifest.objects_of("postgres")
-    redis_objects = manifest.objects_of("redis")
-    if postgres is None or len(pg_objects) != 1:
-        raise IncompleteBackupError(manifest.prefix, "it holds no PostgreSQL dump to verify")
-    with tempfile.TemporaryDirectory(prefix="rb-verify-") as tmp:
-        logger.info("Downloading and checking %s", ", ".join(o.key for o in pg_objects + redis_objects))
-        paths = await download_objects(env.backups, pg_objects + redis_objects, Path(tmp))
-        report.verified_objects = [o.key for o in pg_objects + redis_objects]
-        archive, rdb = paths[0], (paths[1] if redis_objects else None)
-
-        name = scratch_name(env.postgres.dbname, manifest.backup_id)
-        if await drop_database(env.postgres, name):  # left over by a run that died: ours to drop
-            report.notes.append(f"a leftover scratch database {name} was dropped first")
-        await create_database(env.postgres, name)
-        report.scratch_database = name
-        logger.info("Restoring %s into the scratch database %s", manifest.prefix, name)
-        await restore_archive(env.postgres, archive, dbname=name, jobs=jobs)
-        keys = await primary_key_columns(env.postgres, name)
-        report.database = await validate_database(env.postgres, name, dict(postgres.row_counts), keys)
-        report.failures += [o.describe() for o in report.database.failures]
-        if not postgres.row_counts:
-            report.notes.append("the manifest has no row counts: only the restore itself was checked")
-
-        redis_info = manifest.redis
-        if rdb is not None and redis_info is not None:
-            report.redis = await verify_redis(rdb, redis_info, tolerance=redis_tolerance)
-            if not report.redis.success:
-                report.failures.append(report.redis.describe())
-        else:
-            report.notes.append("the backup has no Redis part: Redis not verified")
-
-
-async def _notify_failure(env: RunbookEnvironment, report: VerificationReport, logger: Any) -> None:
-    if env.slack is None:
-        logger.warning("No Slack block in %s: the failure is only in the run and its event", report.environment)
-        return
-    details = "\n".join(f"• {f}" for f in report.failures[:10]) or f"• {report.error}"
-    backup = f"`{report.backup_prefix}`" if report.backup_prefix else "no backup found"
-    try:
-        await post_slack_webhook(
-            env.slack,
-            f"❌ Backup verification failed on {report.environment}: {report.error}",
-            [
-                {
-                    "type": "section",
-                    "text": {
-                        "type": "mrkdwn",
-                        "text": f"*Backup verification failed* on `{report.environment}` ({backup})\n{details}",
-                    },
-                }
-            ],
-        )
-    except Exception as err:  # noqa: BLE001 - the verification's own failure is raised right after
-        logger.error("Slack not notified of the failed verification: %s", describe_error(err))
+    report, failure = await run_verification(
+        env,
+        environment,
+        backup_id=backup_id,
+        kind=kind,
+        jobs=jobs,
+        redis_key_tolerance=redis_key_tolerance,
+        notify_on_failure=notify_on_failure,
+    )
+    if failure is not None:
+        raise failure
+    return report

@@ -164,6 +164,28 @@ async def get_status_page(platform: PlatformAPI) -> StatusPageSummary:
     )
 
 
+class AnalyticsSummary(BaseModel):
+    """``GET /api/v1/analytics/summary?period=7d``: the platform's own figures over the period."""
+
+    period: str
+    total_requests: int
+    error_rate: float
+    avg_latency_ms: float
+    p95_latency_ms: float
+    total_cost: float
+    availability: float
+    busiest_model: str | None = None
+    costliest_model: str | None = None
+
+
+@read_task
+async def get_analytics_summary(platform: PlatformAPI, period: str = "7d") -> AnalyticsSummary:
+    """The seed's ``curl -s .../api/v1/analytics/summary?period=7d | jq '.'``."""
+    async with platform.get_client(admin=False) as client:
+        response = await platform_request(client, "GET", "/api/v1/analytics/summary", params={"period": period})
+    return AnalyticsSummary.model_validate(response.json())
+
+
 class AdminResult(BaseModel):
     action: str
     target: str

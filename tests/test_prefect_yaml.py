@@ -63,3 +63,16 @@ def test_releases_run_one_at_a_time() -> None:
         [deployment] = [d for d in DEPLOYMENTS if d["name"] == name]
         assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
         assert "schedules" not in deployment  # a release is started by a person (or CI), never by a clock
+
+
+def test_weekly_maintenance_runs_on_sundays_before_verify_backup() -> None:
+    [maintenance] = [d for d in DEPLOYMENTS if d["name"] == "weekly-maintenance"]
+    [verify] = [d for d in DEPLOYMENTS if d["name"] == "verify-backup"]
+    [schedule] = maintenance["schedules"]
+    minute, hour, _, _, weekday = schedule["cron"].split()
+    v_minute, v_hour, _, _, v_weekday = verify["schedules"][0]["cron"].split()
+    assert weekday == v_weekday == "0" and schedule["timezone"] == "UTC" and schedule["active"] is False
+    starts, verify_starts = int(hour) * 60 + int(minute), int(v_hour) * 60 + int(v_minute)
+    assert starts + maintenance["parameters"]["window_minutes"] <= verify_starts  # its window closes first
+    assert maintenance["concurrency_limit"]["limit"] == 1
+    assert load_flow_from_entrypoint(str(ROOT / maintenance["entrypoint"])).name == "weekly-maintenance"

@@ -390,11 +390,13 @@ async def backup_application_logs(
     *,
     namespaces: list[str] | None = None,
     since_seconds: int = LOG_WINDOW_S,
+    deployments: list[str] | None = None,
 ) -> PartResult:
     """The seed's ``kubectl logs deployment/ai-multimodel-api --since=24h``, for every pod (and the previous run of
     a restarted container) of every Deployment in ``namespaces`` (default: the cluster block's), streamed as
     NDJSON (``time``, ``namespace``, ``deployment``, ``pod``, ``container``, ``previous``, ``message``) to
-    ``<prefix>logs/<namespace>/application.ndjson.zst``."""
+    ``<prefix>logs/<namespace>/application.ndjson.zst``. ``deployments`` keeps only those Deployments' logs (the
+    weekly maintenance archives the API's)."""
     logger = run_logger()
     started_at, started = datetime.now(UTC), time.perf_counter()
     names = list(dict.fromkeys(namespaces or [cluster.namespace]))
@@ -405,6 +407,8 @@ async def backup_application_logs(
         async with kube(cluster, f"reading the application logs of namespace {ns}") as k:
             streams: list[LogStream] = []
             for dep in sorted((await k.apps.list_namespaced_deployment(ns)).items, key=lambda d: d.metadata.name):
+                if deployments is not None and dep.metadata.name not in deployments:
+                    continue
                 selector = selector_string(dep.spec.selector)
                 pods = (await k.core.list_namespaced_pod(ns, label_selector=selector)).items
                 streams.extend(_streams(list(pods), ns, dep.metadata.name))

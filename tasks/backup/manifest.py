@@ -7,7 +7,8 @@ Layout (keys relative to the bucket block's folder)::
     <kind>/<environment>/<YYYYMMDDTHHMMSSZ>/manifest.json                   written last: no manifest = incomplete
     <kind>/<environment>/<YYYYMMDDTHHMMSSZ>/verified.json                   written by a later verify flow
 
-``kind`` is ``daily`` (the scheduled backup), ``emergency`` (taken before a restore) or ``schema``.
+``kind`` is ``daily`` (the scheduled backup), ``emergency`` (taken before a restore), ``schema``, ``pre-deploy`` or
+``weekly-logs`` (the weekly maintenance's 168 h archive of the API's logs).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from kernel.errors import RunbookError
 
-BackupKind = Literal["daily", "emergency", "schema", "pre-deploy"]
+BackupKind = Literal["daily", "emergency", "schema", "pre-deploy", "weekly-logs"]
 BACKUP_ID_FORMAT = "%Y%m%dT%H%M%SZ"
 MANIFEST_NAME = "manifest.json"
 VERIFIED_NAME = "verified.json"

@@ -13,6 +13,7 @@ import asyncio
 import platform
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import prefect
 import zstandard
@@ -54,10 +55,12 @@ async def run_backup(
     *,
     dry_run: bool = False,
     target: UploadTarget | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[BackupReport, BaseException | None]:
     """Run the parts concurrently into a new backup prefix and write the manifest when all succeeded.
 
-    Returns the report and, when the backup failed, the exception that caused it (for the caller to raise
+    ``options`` reach the part builders (:class:`~tasks.backup.registry.BackupContext`). Returns the report and,
+    when the backup failed, the exception that caused it (for the caller to raise
     after its artifact and event went out).
     """
     logger = get_run_logger()
@@ -75,6 +78,7 @@ async def run_backup(
         backup_id=backup_id,
         prefix=prefix,
         target=target or UploadTarget(bucket=env.backups),
+        options=dict(options or {}),
     )
     report = BackupReport(
         environment=environment,

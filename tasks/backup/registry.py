@@ -19,7 +19,7 @@ from typing import Any, Literal
 from prefect import get_run_logger
 
 from blocks.environment import RunbookEnvironment
-from tasks.backup.kubernetes import backup_application_logs, backup_kubernetes, plan_kubernetes
+from tasks.backup.kubernetes import LOG_WINDOW_S, backup_application_logs, backup_kubernetes, plan_kubernetes
 from tasks.backup.manifest import BackupKind, PartResult
 from tasks.backup.parts import dump_postgres, dump_postgres_schema, dump_redis
 from tasks.backup.pipeline import UploadTarget
@@ -143,7 +143,12 @@ async def _logs(ctx: BackupContext) -> PartResult:
     if skipped is not None:
         return skipped
     return await backup_application_logs(
-        ctx.env.require_kubernetes(), ctx.target, ctx.prefix, namespaces=kubernetes_namespaces(ctx)
+        ctx.env.require_kubernetes(),
+        ctx.target,
+        ctx.prefix,
+        namespaces=kubernetes_namespaces(ctx),
+        since_seconds=int(ctx.options.get("log_since_seconds") or LOG_WINDOW_S),
+        deployments=ctx.options.get("log_deployments"),
     )
 
 
@@ -152,7 +157,9 @@ async def _logs_plan(ctx: BackupContext) -> str:
         return f"skipped: environment {ctx.environment!r} has no Kubernetes block"
     counts = await plan_kubernetes(ctx.env.kubernetes, kubernetes_namespaces(ctx))
     where = ", ".join(f"{c['pods']} pods of {c['deployments']} Deployments in {ns}" for ns, c in counts.items())
-    return f"logs of the last 24 h of {where}, as NDJSON"
+    hours = int(ctx.options.get("log_since_seconds") or LOG_WINDOW_S) / 3600
+    only = ctx.options.get("log_deployments")
+    return f"logs of the last {hours:g} h of {where}{f' (only {only})' if only else ''}, as NDJSON"
 
 
 PART_BUILDERS: dict[str, PartSpec] = {

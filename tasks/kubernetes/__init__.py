@@ -5,7 +5,7 @@ pydantic model, and raises ``KubernetesError`` (401/403: the block's credentials
 409/422: not retried; 429, 5xx and network failures: transient). Reads and idempotent sets retry on transient
 failures; undo, restart and exec never retry. One module per area:
 
-- ``inventory``: list_pods, list_nodes, list_events, list_services, list_ingresses, list_hpas
+- ``inventory``: list_pods, list_deployment_images, list_nodes, list_events, list_services, list_ingresses, list_hpas
 - ``logs``: pod_logs, deployment_logs, grep_lines
 - ``metrics``: top_pods, top_nodes (metrics.k8s.io); ``quantity``: cpu_millicores, memory_bytes
 - ``deployments``: get_deployment, rollout_history, rollout_status, rollout_undo, rollout_restart,
@@ -84,6 +84,7 @@ from tasks.kubernetes.inventory import (
     NodeInfo,
     PodInfo,
     ServiceInfo,
+    list_deployment_images,
     list_events,
     list_hpas,
     list_ingresses,
@@ -170,6 +171,7 @@ __all__ = [
     "grep_lines",
     "label_namespace",
     "list_configmaps_by_prefix",
+    "list_deployment_images",
     "list_events",
     "list_hpas",
     "list_ingresses",

@@ -330,3 +330,18 @@ async def list_hpas(cluster: KubernetesCluster, namespace: str | None = None) ->
     async with kube(cluster, f"listing HorizontalPodAutoscalers in {ns}") as k:
         hpas = await k.autoscaling.list_namespaced_horizontal_pod_autoscaler(ns)
     return sorted((hpa_info(h) for h in hpas.items), key=lambda h: h.name)
+
+
+# ----------------------------------------------------------------------------------------------- images
+@read_task
+async def list_deployment_images(cluster: KubernetesCluster, namespace: str | None = None) -> dict[str, list[str]]:
+    """Every Deployment of the namespace and the images its pod template runs (init containers included)."""
+    ns = namespace_of(cluster, namespace)
+    async with kube(cluster, f"listing Deployments in {ns}") as k:
+        deployments = await k.apps.list_namespaced_deployment(ns)
+    images: dict[str, list[str]] = {}
+    for dep in sorted(deployments.items, key=lambda d: d.metadata.name):
+        spec = dep.spec.template.spec
+        containers = [*(spec.init_containers or []), *(spec.containers or [])]
+        images[dep.metadata.name] = list(dict.fromkeys(c.image for c in containers if c.image))
+    return images

@@ -31,7 +31,7 @@ from kernel.errors import ConfigurationError, KubernetesError
 from kernel.retry import is_transient
 from tasks.kubernetes._api import api_error, kube, pick_pod, selector_string
 from tasks.kubernetes.autoscaling import FLOOR_ANNOTATION, HpaFloor
-from tasks.kubernetes.cleanup import choose_old_by_prefix, choose_old_replicasets
+from tasks.kubernetes.cleanup import choose_old_by_prefix, choose_old_replicasets, protected_revisions
 from tasks.kubernetes.deployments import previous_revision, rollback_patch, rollout_state
 from tasks.kubernetes.export import ResourceExport, clean
 from tasks.kubernetes.logs import DeploymentLogs, PodLogs, grep_lines
@@ -200,6 +200,24 @@ def test_old_replicasets_keep_current_scaled_and_newest_history() -> None:
     assert kept == ["api-2", "api-4", "api-5", "web-1", "web-2"]
     kept, old = choose_old_replicasets(items, keep=0)
     assert [r["name"] for r in old] == ["api-1", "api-3", "api-4", "web-1"]
+
+
+def test_protected_revisions_stay_beyond_the_history_and_a_lower_limit_wins() -> None:
+    assert protected_revisions(8, [1, 2, 3, 7, 8], 2) == {
+        2: "last known good",
+        7: "previous revision",
+        8: "current revision",
+    }
+    assert protected_revisions(1, [1], None) == {1: "current revision"}
+    guard = protected_revisions(8, list(range(1, 9)), 2)
+    items = [
+        {"name": f"api-{r}", "deployment": "api", "revision": r, "replicas": 0, "current": r == 8, "keep": 3}
+        | ({"protected": guard[r]} if r in guard else {})
+        for r in range(1, 9)
+    ]
+    kept, old = choose_old_replicasets(items, keep=5)  # the Deployment's revisionHistoryLimit (3) is lower: it wins
+    assert kept == ["api-2", "api-5", "api-6", "api-7", "api-8"]  # 7 (protected) counts as history, 2 stays anyway
+    assert [r["name"] for r in old] == ["api-1", "api-3", "api-4"]
 
 
 def test_configmaps_by_prefix_newest_by_time_then_name() -> None:
