@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kernel.errors import PolicyError
+from tasks.policyfile import read_policy_file
 from tasks.triage.policy import TriagePolicy
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
@@ -97,12 +96,4 @@ class DeployPolicy(Strict):
 
 def load_deploy_policy(path: Path = POLICY_PATH) -> DeployPolicy:
     """The policy as the file says now; a bad file is a :class:`PolicyError` naming the field."""
-    try:
-        return DeployPolicy.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError) as err:
-        raise PolicyError(f"cannot read the deploy policy {path}: {err}", hint="fix the file", transient=False) from err
-    except ValidationError as err:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-        raise PolicyError(
-            f"the deploy policy {path} is invalid: {where}", hint="fix the file", transient=False
-        ) from err
+    return read_policy_file(DeployPolicy, path, "the deploy policy")

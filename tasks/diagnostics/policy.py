@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from kernel.errors import PolicyError
+from tasks.policyfile import read_policy_file
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -68,14 +67,4 @@ class DiagnosticsPolicy(Strict):
 
 def load_policy(path: Path = POLICY_PATH) -> DiagnosticsPolicy:
     """The policy as the file says now."""
-    try:
-        return DiagnosticsPolicy.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError) as err:
-        raise PolicyError(
-            f"cannot read the diagnostics policy {path}: {err}", hint="fix the file", transient=False
-        ) from err
-    except ValidationError as err:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-        raise PolicyError(
-            f"the diagnostics policy {path} is invalid: {where}", hint="fix the file", transient=False
-        ) from err
+    return read_policy_file(DiagnosticsPolicy, path, "the diagnostics policy")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from kernel.errors import PolicyError
+from tasks.policyfile import read_policy_file
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -82,14 +81,4 @@ class MaintenancePolicy(Strict):
 
 def load_maintenance_policy(path: Path = POLICY_PATH) -> MaintenancePolicy:
     """The policy as the file says now; a bad file is a :class:`PolicyError` naming the field."""
-    try:
-        return MaintenancePolicy.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError) as err:
-        raise PolicyError(
-            f"cannot read the maintenance policy {path}: {err}", hint="fix the file", transient=False
-        ) from err
-    except ValidationError as err:
-        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-        raise PolicyError(
-            f"the maintenance policy {path} is invalid: {where}", hint="fix the file", transient=False
-        ) from err
+    return read_policy_file(MaintenancePolicy, path, "the maintenance policy")
