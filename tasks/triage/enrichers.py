@@ -146,12 +146,20 @@ async def enrich_rollout(env: RunbookEnvironment, policy: TriagePolicy) -> Findi
     dep = await k8s.get_deployment(env.require_kubernetes(), api)
     age = (datetime.now(UTC) - dep.last_rollout_at).total_seconds() if dep.last_rollout_at else None
     recent = age is not None and age <= policy.mitigation.recent_rollout_s
+    facts: dict[str, Any] = {"recent_rollout": recent, "api_revision": dep.revision, "api_replicas": dep.replicas}
+    detail = f"last rollout {int(age) if age is not None else '?'}s ago ({dep.change_cause or '-'})"
+    # the release that last passed deploy-and-validate's gates: a rollback goes there rather than to "the previous
+    # revision", which after two bad releases (or a pruned ReplicaSet) is not a release anyone validated
+    good = await k8s.read_last_known_good(env.require_kubernetes(), api)
+    if good is not None and good.images != dep.images:
+        facts["last_known_good_images"] = good.images
+        detail += f"; last known good {', '.join(good.images)} ({good.time:%Y-%m-%d %H:%M}Z)"
     return Finding(
         enricher="rollout",
         ok=True,
         title=f"{api} revision {dep.revision}, {', '.join(dep.images)}",
-        detail=f"last rollout {int(age) if age is not None else '?'}s ago ({dep.change_cause or '-'})",
-        facts={"recent_rollout": recent, "api_revision": dep.revision, "api_replicas": dep.replicas},
+        detail=detail,
+        facts=facts,
     )
 
 

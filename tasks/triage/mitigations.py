@@ -24,6 +24,7 @@ from blocks.environment import load_environment
 from kernel.retry import once_task
 from tasks import kubernetes as k8s
 from tasks.approval import running_again
+from tasks.deploy.rollout import roll_back_deployment
 from tasks.platform import open_circuit_breaker, set_model_fallback
 from tasks.reporting import describe_error
 from tasks.triage.policy import Action, Mode, TriagePolicy
@@ -73,15 +74,22 @@ def plan_actions(
         facts.get("error_rate") or 0
     ) > limits.severe_error_rate
     for action in policy.branch(alert_name).mitigations:
-        has_previous = (facts.get("api_revision") or 0) > 1
+        good_images = facts.get("last_known_good_images") or []
+        has_previous = (facts.get("api_revision") or 0) > 1 or bool(good_images)
         if action == "rollback" and facts.get("recent_rollout") and broken_release and has_previous:
+            # the images go into the plan, so what an approver reads is exactly what is applied
+            where = (
+                f"back to the last known good release ({', '.join(good_images)})"
+                if good_images
+                else "back to the previous revision (no last known good release is recorded)"
+            )
             planned.append(
                 PlannedAction(
                     action="rollback",
                     target=api_deployment,
-                    params={"timeout_s": 300},
+                    params={"timeout_s": 300, **({"to_images": list(good_images)} if good_images else {})},
                     reason=f"revision {facts.get('api_revision')} was rolled out recently and is broken "
-                    f"({_broken_because(facts)}): back to the previous revision",
+                    f"({_broken_because(facts)}): {where}",
                 )
             )
             break  # a rollback changes everything else: decide again after it
@@ -236,8 +244,11 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
         if not claim.claimed:
             return Applied(outcome="skipped", detail=f"already applied by {claim.run} ({claim.action}, {claim.at})")
         try:
-            if action == "rollback":
-                undo = await k8s.rollout_undo(cluster, target)
+            if action == "rollback" and params.get("to_images"):
+                step = await roll_back_deployment(cluster, target, list(params["to_images"]))
+                undo_detail = f"back to the last known good release: {step.detail}"
+            elif action == "rollback":
+                undo_detail = (await k8s.rollout_undo(cluster, target)).message
             else:
                 restart = await k8s.rollout_restart(cluster, target)
         except Exception:
@@ -247,7 +258,7 @@ async def apply_action(env_name: str, action: Action, target: str, key: str, par
         if action == "restart":
             detail = f"restarted at {restart.restarted_at}"
         else:
-            detail = undo.message
+            detail = undo_detail
         await k8s.complete_mitigation_claim(cluster, target, incident, run, detail)
         if action == "rollback":
             status = await k8s.rollout_status(cluster, target, timeout_s=params.get("timeout_s", 300))

@@ -4,11 +4,12 @@ environment of kind production on the sandbox's services, a crash-looping releas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,42 @@ async def broken_release(
         await set_node_behaviour(admin_kubeconfig, {})
         await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
         await fresh_api_pods(kubernetes_cluster)
+
+
+def production_kubectl(kubeconfig: Path, *args: str) -> str:
+    """The real ``kubectl`` in the production namespace."""
+    return subprocess.run(
+        ["kubectl", "--kubeconfig", str(kubeconfig), "-n", "production", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
+@contextlib.contextmanager
+def history_as_found(admin_kubeconfig: Path, names: Sequence[str]) -> Iterator[None]:
+    """The Deployments' rollout history and *last known good* annotation as the block found them.
+
+    The sandbox's Kubernetes (1.20) prunes a Deployment's old ReplicaSets beyond ``revisionHistoryLimit`` by creation
+    time, oldest first (later releases sort them by revision), so once a module's releases fill the history, the
+    seeded release's ReplicaSet (the oldest, even when a rollback reused it) is the next to go.
+    A later ``rollout undo`` then lands on another test's release: seen in CI, where incident-triage's rollback
+    of a fresh bad release went to ``v9.9.9-broken``. So the idle ReplicaSets made inside the block are deleted at
+    its end, and the *last known good* recorded inside it is taken off again."""
+
+    def replicasets(name: str) -> list[dict[str, Any]]:
+        out = production_kubectl(admin_kubeconfig, "get", "rs", "-l", f"app={name}", "-o", "json")
+        items = json.loads(out)["items"]
+        return [rs for rs in items if any(o["name"] == name for o in rs["metadata"].get("ownerReferences", []))]
+
+    found = {name: {rs["metadata"]["name"] for rs in replicasets(name)} for name in names}
+    try:
+        yield
+    finally:
+        for name, kept in found.items():
+            made = [rs for rs in replicasets(name) if rs["metadata"]["name"] not in kept]
+            idle = [rs["metadata"]["name"] for rs in made if not rs["spec"].get("replicas")]
+            if idle:
+                production_kubectl(admin_kubeconfig, "delete", "rs", *idle, "--wait=false")
+            production_kubectl(admin_kubeconfig, "annotate", f"deployment/{name}", "runbooks.io/last-known-good-")

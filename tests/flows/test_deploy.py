@@ -34,7 +34,7 @@ from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
 from tasks.deploy.rollout import roll_back_deployment
 from tests.conftest import TEST_ENVIRONMENT, free_port, fresh_api_pods
-from tests.flows.conftest import received
+from tests.flows.conftest import history_as_found, received
 from tests.prometheus_server import wait_for
 
 API, FRONTEND = "ai-multimodel-api", "ai-multimodel-frontend"
@@ -81,28 +81,10 @@ def tag_of(image: str) -> str:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def history_as_found(admin_kubeconfig: Path) -> Iterator[None]:
-    """Both Deployments' rollout history and annotations as the module found them.
-
-    The sandbox's Kubernetes (1.20) prunes a Deployment's old ReplicaSets beyond ``revisionHistoryLimit`` by creation
-    time, oldest first (later releases sort them by revision), so once this module's releases fill the history, the
-    seeded release's ReplicaSet (the oldest, even when a rollback reused it) is the next to go.
-    A later ``rollout undo`` then lands on another test's release: seen in CI, where incident-triage's rollback
-    of a fresh bad release went to ``v9.9.9-broken``. So the ReplicaSets this module made are deleted at its end,
-    and the *last known good* it recorded is taken off again."""
-
-    def replicasets(name: str) -> list[dict[str, Any]]:
-        items = json.loads(kubectl(admin_kubeconfig, "get", "rs", "-l", f"app={name}", "-o", "json"))["items"]
-        return [rs for rs in items if any(o["name"] == name for o in rs["metadata"].get("ownerReferences", []))]
-
-    found = {name: {rs["metadata"]["name"] for rs in replicasets(name)} for name in (API, FRONTEND)}
-    yield
-    for name, kept in found.items():
-        made = [rs for rs in replicasets(name) if rs["metadata"]["name"] not in kept]
-        idle = [rs["metadata"]["name"] for rs in made if not rs["spec"].get("replicas")]
-        if idle:
-            kubectl(admin_kubeconfig, "delete", "rs", *idle, "--wait=false")
-        kubectl(admin_kubeconfig, "annotate", f"deployment/{name}", "runbooks.io/last-known-good-")
+def history_kept(admin_kubeconfig: Path) -> Iterator[None]:
+    """This module's releases leave the rollout history as they found it (see ``history_as_found``)."""
+    with history_as_found(admin_kubeconfig, (API, FRONTEND)):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,16 @@ from tasks.triage import mitigations
 from tasks.triage.mitigations import MitigationRecord, PlannedAction
 from tasks.triage.policy import load_policy
 from tests.conftest import TEST_ENVIRONMENT
-from tests.flows.conftest import API, BROKEN, paused_triage, received, rollout_history, set_node_behaviour
+from tests.flows.conftest import (
+    API,
+    BROKEN,
+    history_as_found,
+    paused_triage,
+    production_kubectl,
+    received,
+    rollout_history,
+    set_node_behaviour,
+)
 
 
 async def test_model_down_opens_its_circuit_breaker(
@@ -105,6 +116,51 @@ async def test_crashlooping_release_is_rolled_back(
     slack = [e for e in received if e["system"] == "slack"]
     assert slack[0]["body"]["channel"] == "#ai-multimodel-incidents"
     assert any("RESOLVED" in e["body"]["text"] for e in slack[1:])
+
+
+async def test_two_bad_releases_roll_back_to_the_last_known_good(
+    sandbox: Sandbox,
+    platform_admin: tuple[str, dict[str, str]],
+    receivers_url: str,
+    clean_node: None,
+    kubernetes_cluster: KubernetesCluster,
+    admin_kubeconfig: Path,
+) -> None:
+    """Two bad releases in a row: "the previous revision" is the first bad one, so the rollback goes to the release
+    deploy-and-validate recorded as last known good (checked with the real kubectl)."""
+    with history_as_found(admin_kubeconfig, [API]):
+        good = await k8s.get_deployment.fn(kubernetes_cluster, API)
+        assert good.revision is not None
+        record = k8s.LastKnownGood(revision=good.revision, images=good.images, time=datetime.now(UTC), run="test")
+        await k8s.record_last_known_good.fn(kubernetes_cluster, API, record)
+        await set_node_behaviour(admin_kubeconfig, {"failing_images": ["*-broken"]})
+        for bad in ("v9.9.7-broken", BROKEN.rsplit(":", 1)[1]):
+            image = f"ghcr.io/genspark/ai-multimodel-api:{bad}"
+            await k8s.set_image.fn(kubernetes_cluster, API, image, change_cause=f"deploy {bad}")
+        deadline = time.monotonic() + 90
+        while not any(
+            p.reason == "CrashLoopBackOff" and BROKEN in p.images
+            for p in await k8s.list_pods.fn(kubernetes_cluster, label_selector=f"app={API}")
+        ):
+            assert time.monotonic() < deadline, "the second bad release never crash-looped"
+            await asyncio.sleep(1)
+        report = await incident_triage(
+            alert_name="HighErrorRate",
+            incident_id=f"inc-{uuid.uuid4().hex[:8]}",
+            alert_severity="critical",
+            environment=TEST_ENVIRONMENT,
+            dry_run=False,
+        )
+        [rollback] = report.mitigations
+        assert (rollback.action, rollback.outcome) == ("rollback", "applied")
+        assert "last known good" in rollback.detail
+        assert report.facts["last_known_good_images"] == good.images
+        runs = production_kubectl(
+            admin_kubeconfig, "get", f"deployment/{API}", "-o", "jsonpath={.spec.template.spec.containers[*].image}"
+        )
+        assert runs.split() == good.images  # not v9.9.7-broken, which "rollout undo" would have gone to
+        await set_node_behaviour(admin_kubeconfig, {})
+        await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=180)
 
 
 async def test_dry_run_changes_nothing(

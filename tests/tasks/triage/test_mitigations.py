@@ -43,6 +43,16 @@ def test_a_broken_fresh_release_is_rolled_back_and_nothing_else() -> None:
     assert plan("HighErrorRate", crashlooping_pods=2, recent_rollout=False) == []
 
 
+def test_a_rollback_goes_to_the_last_known_good_release_when_one_is_recorded() -> None:
+    good = ["ghcr.io/genspark/ai-multimodel-api:v2.6.0"]
+    facts = {"crashlooping_pods": 2, "recent_rollout": True, "last_known_good_images": good}
+    assert plan("HighErrorRate", **facts) == [("rollback", API, {"timeout_s": 300, "to_images": good})]
+    # a first release with a validated one recorded still has somewhere to go
+    assert plan("HighErrorRate", **facts, api_revision=1) == [("rollback", API, {"timeout_s": 300, "to_images": good})]
+    [rollback] = plan_actions(load_policy(), "HighErrorRate", {**HEALTHY, **facts}, API, incident_id="inc-1")
+    assert "last known good release (ghcr.io/genspark/ai-multimodel-api:v2.6.0)" in rollback.reason
+
+
 def test_service_down_without_a_rollout_is_restarted() -> None:
     assert plan("ServiceDown", health_ok=False) == [("restart", API, {})]
 
