@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from blocks.redis import RedisDatabase
 from kernel import processes
 from kernel.errors import ConfigurationError, RedisError, RunbookError
-from kernel.retry import idempotent_task, read_task
+from kernel.retry import idempotent_task, once_task, read_task
 
 
 class RedisHealth(BaseModel):
@@ -441,3 +441,169 @@ def _copy_batch(source: sync_redis.Redis, sink: sync_redis.Redis, keys: list[byt
         count += 1
     write.execute()
     return count
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Maintenance (the seed's "Redis Operations / Maintenance"): maxmemory-policy, keys by pattern, FLUSHALL.
+
+
+class MaxmemoryPolicyChange(BaseModel):
+    address: str
+    previous: str
+    current: str
+    changed: bool
+
+
+class PatternMatch(BaseModel):
+    """The keys of the block's database a pattern matches now (SCAN MATCH, never KEYS)."""
+
+    address: str
+    pattern: str
+    count: int
+    sample: list[str]
+    truncated: bool = False
+    seconds: float
+
+
+class KeyDeletion(BaseModel):
+    address: str
+    pattern: str
+    scanned_batches: int
+    deleted: int
+    remaining: int
+    seconds: float
+
+
+class FlushResult(BaseModel):
+    address: str
+    keyspace_before: dict[int, int]
+    keyspace_after: dict[int, int]
+
+
+@read_task
+async def read_maxmemory_policy(cache: RedisDatabase) -> str:
+    """``CONFIG GET maxmemory-policy``."""
+    client = cache.get_client()
+    try:
+        return str((await client.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, "CONFIG GET maxmemory-policy", err) from err
+    finally:
+        await client.aclose()
+
+
+@idempotent_task
+async def set_maxmemory_policy(cache: RedisDatabase, policy: str) -> MaxmemoryPolicyChange:
+    """The seed's ``CONFIG SET maxmemory-policy <policy>``; the value it already has is a no-op."""
+    client = cache.get_client()
+    try:
+        previous = str((await client.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
+        if previous != policy:
+            await client.config_set("maxmemory-policy", policy)
+        current = str((await client.config_get("maxmemory-policy")).get("maxmemory-policy", ""))
+    except redis.exceptions.ResponseError as err:
+        raise RedisError(
+            f"CONFIG SET maxmemory-policy {policy} refused by {cache.safe_address}: {err}",
+            hint="use one of noeviction, allkeys-lru, volatile-lru, allkeys-lfu, volatile-lfu, allkeys-random, "
+            "volatile-random, volatile-ttl (managed services may forbid CONFIG: use their parameter groups)",
+            transient=False,
+        ) from err
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, "CONFIG SET maxmemory-policy", err) from err
+    finally:
+        await client.aclose()
+    return MaxmemoryPolicyChange(
+        address=cache.safe_address, previous=previous, current=current, changed=previous != policy
+    )
+
+
+async def _scan_matching(client: Any, pattern: str, count: int) -> Any:
+    cursor: int | str = 0
+    while True:
+        cursor, keys = await client.scan(cursor=cursor, match=pattern, count=count)
+        yield keys
+        if int(cursor) == 0:
+            return
+
+
+@read_task
+async def match_keys(
+    cache: RedisDatabase, pattern: str, *, scan_count: int = 1000, limit: int = 10_000_000, sample: int = 10
+) -> PatternMatch:
+    """How many keys of the block's database match ``pattern`` (a full SCAN MATCH; stops counting past ``limit``),
+    with a few of them as a sample."""
+    client = cache.get_client()
+    started = time.monotonic()
+    found: list[str] = []
+    count = 0
+    try:
+        async for keys in _scan_matching(client, pattern, scan_count):
+            count += len(keys)
+            found += [
+                k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in keys[: sample - len(found)]
+            ]
+            if count > limit:
+                break
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, f"SCAN MATCH {pattern}", err) from err
+    finally:
+        await client.aclose()
+    return PatternMatch(
+        address=cache.safe_address,
+        pattern=pattern,
+        count=count,
+        sample=sorted(found),
+        truncated=count > limit,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@idempotent_task
+async def delete_keys(cache: RedisDatabase, pattern: str, *, scan_count: int = 1000, batch: int = 500) -> KeyDeletion:
+    """Delete the keys of the block's database matching ``pattern``: SCAN MATCH (never KEYS) and UNLINK in batches
+    of ``batch`` (the memory is freed in the background, the server never blocks on one big DEL), then a second
+    SCAN counts what still matches (keys written meanwhile). A re-run deletes what is left: safe to repeat."""
+    client = cache.get_client()
+    started = time.monotonic()
+    deleted = batches = 0
+    pending: list[bytes] = []
+    try:
+        async for keys in _scan_matching(client, pattern, scan_count):
+            batches += 1
+            pending += keys
+            while len(pending) >= batch:
+                deleted += int(await client.unlink(*pending[:batch]))
+                pending = pending[batch:]
+        if pending:
+            deleted += int(await client.unlink(*pending))
+        remaining = 0
+        async for keys in _scan_matching(client, pattern, scan_count):
+            remaining += len(keys)
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, f"UNLINK of {pattern}", err) from err
+    finally:
+        await client.aclose()
+    return KeyDeletion(
+        address=cache.safe_address,
+        pattern=pattern,
+        scanned_batches=batches,
+        deleted=deleted,
+        remaining=remaining,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@once_task
+async def flush_all(cache: RedisDatabase) -> FlushResult:
+    """The seed's ``FLUSHALL`` (``ASYNC``: freed in the background): every database of the server, not only the
+    block's. Only ever called by ``redis-maintenance`` after a backup and an approval that names the server."""
+    client = cache.get_client()
+    try:
+        before = _keyspace(await client.info("keyspace"))
+        await client.flushall(asynchronous=True)
+        after = _keyspace(await client.info("keyspace"))
+    except redis.exceptions.RedisError as err:
+        raise _redis_failure(cache, "FLUSHALL", err) from err
+    finally:
+        await client.aclose()
+    return FlushResult(address=cache.safe_address, keyspace_before=before, keyspace_after=after)

@@ -6,10 +6,15 @@ Read at each run (:func:`load_policy`); a bad file is a :class:`PolicyError` nam
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from blocks.environment import EnvironmentKind
 from tasks.policyfile import read_policy_file
+
+#: how a runbook decides an action: act, pause for a typed answer in the UI (no answer: denied), or describe only
+Mode = Literal["auto", "approve", "observe"]
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -53,12 +58,40 @@ class RedisLimits(Strict):
     maxmemory_policy: list[str] = Field(min_length=1)
 
 
+class Modes(Strict):
+    """How an action is decided per environment kind; a kind not named asks for approval."""
+
+    sandbox: Mode = "auto"
+    staging: Mode = "approve"
+    production: Mode = "approve"
+
+    def for_kind(self, kind: EnvironmentKind) -> Mode:
+        mode: Mode = getattr(self, kind, "approve")
+        return mode
+
+
+class KeyDeletion(Strict):
+    scan_count: int = Field(ge=10, le=100_000, description="SCAN COUNT per call")
+    batch: int = Field(ge=1, le=10_000, description="keys per UNLINK")
+    max_keys: int = Field(ge=1, description="a pattern matching more is refused (narrow it)")
+
+
+class RedisMaintenance(Strict):
+    maxmemory_policy: str = Field(description="the value a report tells to ask for when the server's is not in limits")
+    bgsave_timeout_s: float = Field(gt=0, le=7200)
+    bgsave_poll_s: float = Field(gt=0, le=60)
+    delete: KeyDeletion
+    modes: Modes
+    approval_timeout_s: int = Field(ge=10, le=86_400)
+
+
 class RedisPolicy(Strict):
     patterns: list[KeyPattern]
     scan: ScanBounds
     big_keys: BigKeys
     latency: LatencySampling
     limits: RedisLimits
+    maintenance: RedisMaintenance
 
 
 class DiagnosticsPolicy(Strict):
