@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,6 +34,7 @@ from tasks import kubernetes as k8s
 from tasks.deploy.rollout import roll_back_deployment
 from tests.conftest import TEST_ENVIRONMENT, free_port, fresh_api_pods
 from tests.flows.conftest import history_as_found, received
+from tests.flows.conftest import production_kubectl as kubectl
 from tests.prometheus_server import wait_for
 
 API, FRONTEND = "ai-multimodel-api", "ai-multimodel-frontend"
@@ -42,16 +42,6 @@ DEPLOY_ENV = f"{TEST_ENVIRONMENT}-deploy"
 NO_DATA_ENV = f"{TEST_ENVIRONMENT}-deploy-nodata"
 FAST = {"load_rate_per_s": 20, "load_duration_s": 5, "gate_window_s": 20}
 ERROR_RATE = 'sum(rate(http_requests_total{status=~"5.."}[20s])) / sum(rate(http_requests_total[20s]))'
-
-
-def kubectl(kubeconfig: Path, *args: str) -> str:
-    return subprocess.run(
-        ["kubectl", "--kubeconfig", str(kubeconfig), "-n", "production", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
 
 
 def images(kubeconfig: Path, name: str) -> list[str]:
