@@ -1,0 +1,53 @@
+"""db-performance on the session's sandbox (mode auto): the root of a lock chain is cancelled and its waiters go on;
+a backup session (``application_name`` pg_dump) at the root of another chain is never touched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from blocks.environment import RunbookEnvironment
+from flows.db_performance import db_performance
+from sandbox.manager import Sandbox
+from tests.conftest import TEST_ENVIRONMENT
+from tests.pglocks import LockChain, psql
+
+
+@pytest.fixture()
+def chains(sandbox: Sandbox) -> Iterator[tuple[LockChain, LockChain]]:
+    dsn = RunbookEnvironment.load(TEST_ENVIRONMENT).postgres.dsn.get_secret_value()
+    started: list[LockChain] = []
+    try:
+        started.append(LockChain(dsn, waiters=2).start())
+        started.append(LockChain(dsn, holder_app="pg_dump", waiters=1).start())
+        yield started[0], started[1]
+    finally:
+        for chain in started:
+            chain.close()
+
+
+async def test_db_performance_cancels_the_root_and_never_a_backup(chains: tuple[LockChain, LockChain]) -> None:
+    app, backup = chains
+    state = await db_performance(environment=TEST_ENVIRONMENT, min_blocked_s=0, reindex=False, return_state=True)
+    assert state.is_completed(), state.message
+    result = await state.result()  # type: ignore[union-attr]
+    records = {r.data["pid"]: r for r in result["actions"]}
+
+    # the application's root: cancelled (its query, not its connection), and both waiters went on
+    done = records[app.holder_pid]
+    assert (done.action, done.decision, done.outcome) == ("cancel-backend", "auto", "done"), done
+    app.join()
+    assert isinstance(app.errors[app.holder_pid], psycopg.errors.QueryCanceled)
+    assert all(app.errors[pid] is None for pid in app.waiter_pids), app.errors
+    assert app.value() == 2
+    assert "pg_sleep(?)" in done.data["query"] and "600" not in done.data["query"]
+
+    # the backup's session: refused, still there, still holding its lock
+    refused = records[backup.holder_pid]
+    assert (refused.decision, refused.outcome) == ("refused", "not-done") and "pg_dump" in refused.detail
+    assert psql(backup.dsn, f"SELECT wait_event FROM pg_stat_activity WHERE pid = {backup.holder_pid}") == "PgSleep"
+    [waiter] = backup.waiter_pids
+    assert psql(backup.dsn, f"SELECT pg_blocking_pids({waiter})") == f"{{{backup.holder_pid}}}"
+    assert waiter not in records  # a waiter is never a target
