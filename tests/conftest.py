@@ -247,8 +247,9 @@ def release_postgres(settings: SandboxSettings, record: dict[str, object]) -> No
     component = PostgresComponent(settings, SandboxState(settings.home))
     if component.kind(record) == "cluster":
         component.cluster(Path(str(record["bin_dir"]))).destroy()
-        if settings.postgres_data_dir is not None:
-            shutil.rmtree(settings.postgres_data_dir.parent, ignore_errors=True)
+    if settings.postgres_data_dir is not None:  # make_settings' mkdtemp, used or not
+        shutil.rmtree(settings.postgres_data_dir.parent, ignore_errors=True)
+    if component.kind(record) == "cluster":
         return
     admin_dsn = str(record.get("admin_dsn") or settings.postgres_admin_dsn)
     if component.kind(record) == "server":

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from blocks.environment import RunbookEnvironment
-from flows.db_performance import db_performance
+from flows.db_performance import db_performance, describe_target
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
 from tests.pglocks import LockChain, psql
@@ -51,3 +51,30 @@ async def test_db_performance_cancels_the_root_and_never_a_backup(chains: tuple[
     [waiter] = backup.waiter_pids
     assert psql(backup.dsn, f"SELECT pg_blocking_pids({waiter})") == f"{{{backup.holder_pid}}}"
     assert waiter not in records  # a waiter is never a target
+
+
+async def test_a_dry_run_describes_and_touches_nothing(chains: tuple[LockChain, LockChain]) -> None:
+    app, _ = chains
+    state = await db_performance(
+        environment=TEST_ENVIRONMENT, min_blocked_s=0, reindex=False, dry_run=True, return_state=True
+    )
+    assert state.is_completed(), state.message
+    result = await state.result()  # type: ignore[union-attr]
+    [record] = [r for r in result["actions"] if r.data["pid"] == app.holder_pid]
+    assert (record.decision, record.outcome) == ("observed", "not-done") and result["mode"] == "observe"
+    assert psql(app.dsn, f"SELECT wait_event FROM pg_stat_activity WHERE pid = {app.holder_pid}") == "PgSleep"
+
+
+def test_the_approval_shows_the_query_without_its_literals() -> None:
+    from tasks.diagnostics.postgres import Session, Target, redact_literals
+
+    query = redact_literals("UPDATE users SET api_key = 'sk-live-123' WHERE id = 42")
+    session = Session(
+        pid=7, backend_start=None, usename="app", application_name="api", backend_type="client backend",
+        client="10.0.0.5", state="active", wait_event_type=None, wait_event=None, query=query,
+        query_age_s=400, xact_age_s=400, state_age_s=400, blocked_by=[],
+    )  # fmt: skip
+    target = Target(session=session, kind="long-running", reason="active for 400s (over 300s)")
+    text = describe_target(target, "app@db:5432/ai", "production", 5, True)
+    assert "pg_cancel_backend(7)" in text and "pg_terminate_backend" in text and "active for 400s" in text
+    assert "UPDATE users SET api_key = ? WHERE id = ?" in text and "sk-live" not in text and "42" not in text
