@@ -18,7 +18,7 @@ diagnostics_s       the flow's reads once, as the flow runs them (db-diagnostics
 raw_s               the raw tool for the same questions: ``psql -c`` with the seed's monitoring queries (with the
                     column names of 13+, as the seed's fail on 15); ``redis-cli --scan | wc -l`` plus ``INFO``;
 client p99          a client on its own connection, open loop at ``--rate`` operations a second (a latency counts from
-                    when the operation was due): primary-key SELECTs / GETs of random keys. Its p99 over
+                    when the operation was due): primary-key SELECTs / GETs of random string keys. Its p99 over
                     ``--phase-s`` seconds alone (baseline), then while the diagnostics run back to back for
                     ``--phase-s`` seconds; the ratio is what the issue bounds (<= 1.5).
 
@@ -39,10 +39,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 from pydantic import SecretStr
 
 from benchmarks.backup import BenchRedis, MiB, free_port, say
@@ -92,30 +91,71 @@ SEED_SQL = (
 )
 
 
+#: the concurrent client, in a process of its own (in this one it would share the GIL with the diagnostics' Python
+#: work and measure that instead of the server): open loop, a latency counts from when the operation was due
+CLIENT = r"""
+import json, os, random, sys, time
+kind, url, rate, stop, keys = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+if kind == "postgres":
+    import psycopg
+    conn = psycopg.connect(url, autocommit=True)
+    query = "SELECT id, model FROM ai_queries WHERE id = %s"
+    op = lambda rng: conn.execute(query, (rng.randrange(1, keys + 1),)).fetchone()
+else:
+    import redis
+    conn = redis.Redis.from_url(url)
+    op = lambda rng: conn.get(keys[rng.randrange(len(keys))])
+rng, interval, out, errors = random.Random(7), 1.0 / rate, [], 0
+op(rng)
+print("ready", flush=True)
+due = time.time()
+while not os.path.exists(stop):
+    now = time.time()
+    if now < due:
+        time.sleep(due - now)
+    try:
+        op(rng)
+    except Exception:
+        errors += 1
+    out.append((due, time.time() - due))
+    due += interval
+print(json.dumps({"latencies": out, "errors": errors}))
+"""
+
+
 @dataclass
 class Client:
-    """Calls ``op`` at ``rate`` a second, open loop, on a thread; ``latencies`` are (due time, seconds)."""
+    """The concurrent client's process: ``kind`` postgres (primary-key SELECTs of ai_queries up to ``keys``) or
+    redis (GETs of the string keys ``keys``)."""
 
-    op: Callable[[random.Random], None]
+    kind: str
+    url: str
+    keys: Any
     rate: float
+    workdir: Path
     latencies: list[tuple[float, float]] = field(default_factory=list)
     errors: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
+    _proc: subprocess.Popen[str] | None = None
 
-    def run(self) -> None:
-        rng = random.Random(7)
-        interval = 1.0 / self.rate
-        due = time.perf_counter()
-        while not self.stop.is_set():
-            now = time.perf_counter()
-            if now < due:
-                time.sleep(due - now)
-            try:
-                self.op(rng)
-            except (psycopg.Error, redis.RedisError):
-                self.errors += 1
-            self.latencies.append((due, time.perf_counter() - due))
-            due += interval
+    @property
+    def _stop(self) -> Path:
+        return self.workdir / f"client-{self.kind}.stop"
+
+    def start(self) -> None:
+        self._stop.unlink(missing_ok=True)
+        argv = [sys.executable, "-c", CLIENT, self.kind, self.url, str(self.rate), str(self._stop)]
+        self._proc = subprocess.Popen([*argv, json.dumps(self.keys)], stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {self.kind} client did not start")
+
+    def finish(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        self._stop.touch()
+        out = json.loads(self._proc.stdout.read())
+        self._proc.wait(30)
+        self.latencies = [(due, lat) for due, lat in out["latencies"]]
+        self.errors = out["errors"]
 
     def p99_ms(self, start: float, end: float) -> float | None:
         window = sorted(lat for due, lat in self.latencies if start <= due < end)
@@ -131,27 +171,27 @@ def ratio(a: float | None, b: float | None) -> float | None:
 async def measure(
     client: Client, diagnose: Callable[[], Any], phase_s: float, raw: Callable[[], None]
 ) -> dict[str, Any]:
-    """Baseline, the diagnostics once, back to back for ``phase_s``, then the raw tool once."""
-    thread = threading.Thread(target=client.run, daemon=True)
-    thread.start()
+    """Baseline, the diagnostics once, back to back for ``phase_s``, then the raw tool once (wall clock: the client
+    stamps its operations with ``time.time()`` in its own process)."""
+    client.start()
     try:
-        start = time.perf_counter()
+        base_start = time.time()
         await asyncio.sleep(phase_s)
-        baseline = client.p99_ms(start, time.perf_counter())
+        base_end = time.time()
         t = time.perf_counter()
         await diagnose()
         once_s = time.perf_counter() - t
-        start, runs = time.perf_counter(), 0
-        while time.perf_counter() - start < phase_s:
+        start, runs = time.time(), 0
+        while time.time() - start < phase_s:
             await diagnose()
             runs += 1
-        during = client.p99_ms(start, time.perf_counter())
+        end = time.time()
         t = time.perf_counter()
         await asyncio.to_thread(raw)
         raw_s = time.perf_counter() - t
     finally:
-        client.stop.set()
-        thread.join(10)
+        client.finish()
+    baseline, during = client.p99_ms(base_start, base_end), client.p99_ms(start, end)
     return {
         "diagnostics_s": round(once_s, 3),
         "raw_s": round(raw_s, 3),
@@ -272,10 +312,6 @@ async def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, A
         with psycopg.connect(dsn) as conn:
             row = conn.execute("SELECT max(id) FROM ai_queries").fetchone()
         max_id = int(row[0] if row and row[0] else 1)
-        client_conn = psycopg.connect(dsn, autocommit=True)
-
-        def op(rng: random.Random) -> None:
-            client_conn.execute("SELECT id, model FROM ai_queries WHERE id = %s", (rng.randrange(1, max_id + 1),))
 
         async def diagnose() -> None:
             reads = policy.reads
@@ -296,8 +332,8 @@ async def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, A
             subprocess.run(["psql", dsn, "-q", "-c", SEED_SQL], check=True, capture_output=True, timeout=600)
 
         say("PostgreSQL: baseline, db-diagnostics, psql ...")
-        figures = await measure(Client(op, args.rate), diagnose, args.phase_s, raw)
-        client_conn.close()
+        client = Client("postgres", dsn, max_id, args.rate, workdir)
+        figures = await measure(client, diagnose, args.phase_s, raw)
         say("PostgreSQL: lock chain to cancel ...")
         figures["lock_to_cancel_s"] = await lock_to_cancel(db, dsn)
         return {**figures, "database_bytes": data["bytes"], "fill_s": data["fill_s"]}
@@ -315,12 +351,9 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         fill_s = server.fill(args.redis_mib)
         cache = RedisDatabase(url=SecretStr(server.url))
         policy = load_policy().redis
-        keys = [k.decode() for k in server.client().scan(0, count=2000)[1]] or ["missing"]
-        client_conn = redis.Redis.from_url(server.url)
+        sample = server.client()
+        keys = [k.decode() for k in sample.scan(0, count=2000)[1] if sample.type(k) == b"string"] or ["missing"]
         result: dict[str, Any] = {}
-
-        def op(rng: random.Random) -> None:
-            client_conn.get(keys[rng.randrange(len(keys))])
 
         async def diagnose() -> None:
             await asyncio.gather(read_redis_info.fn(cache), read_command_stats.fn(cache), read_clients.fn(cache))
@@ -332,15 +365,14 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
 
         def raw() -> None:
             cli = shutil.which("redis-cli") or "redis-cli"
-            scan = subprocess.Popen([cli, "-u", server.url, "--scan", "--count", "1000"], stdout=subprocess.PIPE)
+            scan = subprocess.Popen([cli, "-u", server.url, "--scan"], stdout=subprocess.PIPE)
             assert scan.stdout is not None
             sum(1 for _ in scan.stdout)
             scan.wait(600)
             subprocess.run([cli, "-u", server.url, "INFO", "all"], check=True, capture_output=True, timeout=60)
 
         say("Redis: baseline, redis-diagnostics, redis-cli ...")
-        figures = await measure(Client(op, args.rate), diagnose, args.phase_s, raw)
-        client_conn.close()
+        figures = await measure(Client("redis", server.url, keys, args.rate, workdir), diagnose, args.phase_s, raw)
         return {**figures, **result, "used_memory": server.used_memory(), "fill_s": fill_s}
     finally:
         server.stop(keep=False)
