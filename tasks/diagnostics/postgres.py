@@ -146,10 +146,13 @@ async def _fetch(conn: psycopg.AsyncConnection, query: Any, args: tuple[object, 
     return list(await (await conn.execute(query, args or None)).fetchall())
 
 
+def _reason(err: psycopg.Error) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def _error(db: PostgresDatabase, what: str, err: psycopg.Error) -> PostgresError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return PostgresError(
-        f"{what} on {db.safe_address} failed: {reason}",
+        f"{what} on {db.safe_address} failed: {_reason(err)}",
         hint="check that the server answers and that the block's role may read pg_stat_activity and the "
         "statistics views (pg_monitor), and signal backends (pg_signal_backend) for db-performance",
         transient=isinstance(err, psycopg.OperationalError),
@@ -167,6 +170,7 @@ async def read_connections(db: PostgresDatabase) -> Connections:
     """Client connections by state (the seed's ``pg_stat_activity GROUP BY state``) against ``max_connections``."""
     async with db.get_client() as conn:
         try:
+            await _prepare(conn, 30)
             rows = await _fetch(
                 conn,
                 "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity"
@@ -201,6 +205,7 @@ async def read_slow_queries(db: PostgresDatabase, *, top: int = 10, min_calls: i
     PostgreSQL 13 and later, ``total_time``/``mean_time`` before. Not installed or not loaded: says so, and how."""
     async with db.get_client() as conn:
         try:
+            await _prepare(conn, 30)
             version = (await _fetch(conn, "SELECT current_setting('server_version_num')::int"))[0][0]
             ext = await _fetch(conn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'")
             if not ext:
@@ -539,7 +544,11 @@ async def reindex_concurrently(db: PostgresDatabase, bloat: IndexBloat, *, lock_
                 conn, "SELECT pg_relation_size(to_regclass(%s))", (f"{bloat.schema_name}.{bloat.index}",)
             )
         except psycopg.Error as err:
-            raise _error(db, f"REINDEX INDEX CONCURRENTLY {bloat.index}", err) from err
+            raise PostgresError(
+                f"REINDEX INDEX CONCURRENTLY {bloat.index} on {db.safe_address} failed: {_reason(err)}",
+                hint=f"one that fails half-way leaves an invalid index {bloat.index}_ccnew: DROP INDEX CONCURRENTLY "
+                "it before trying again (a lock timeout: try again when the table is quieter)",
+            ) from err
     return ReindexResult(
         index=f"{bloat.schema_name}.{bloat.index}",
         seconds=round(time.monotonic() - started, 3),

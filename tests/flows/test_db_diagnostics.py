@@ -4,16 +4,20 @@ blocking tree with the right root, beside every other check, in the run's table 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from psycopg.conninfo import make_conninfo
 
 from blocks.environment import RunbookEnvironment
 from flows.db_diagnostics import db_diagnostics
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
+from tests.flows.test_backup import admin_dsn, save_variant
 from tests.pglocks import LockChain
 
 
@@ -53,3 +57,27 @@ async def test_db_diagnostics_shows_the_blocking_tree_with_its_root(lock_chain: 
     assert {r["pid"] for r in locks if r["level"] > 0} == set(lock_chain.waiter_pids)
     [holder] = [r for r in locks if r["level"] == 0]
     assert "pg_sleep(?)" in holder["query"] and "600" not in holder["query"]  # literals removed
+
+
+async def test_without_pg_stat_statements_the_check_says_how_and_the_rest_runs(sandbox: Sandbox) -> None:
+    """A database where the extension was never created (the server loads it): that check says what to run, the
+    others read the database as usual."""
+    name, environment = f"rb_test_nopss_{uuid.uuid4().hex[:8]}", f"{TEST_ENVIRONMENT}-nopss"
+    admin = admin_dsn(sandbox)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(make_conninfo(admin, dbname=name), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        await save_variant(sandbox, environment, postgres_dsn=make_conninfo(admin, dbname=name))
+        state = await db_diagnostics(environment=environment, return_state=True)
+        assert state.is_completed(), state.message
+        result = await state.result()  # type: ignore[union-attr]
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    checks = {f.check: f for f in result["findings"]}
+    assert checks["slow queries"].verdict == "no-data"
+    assert "CREATE EXTENSION pg_stat_statements" in checks["slow queries"].detail
+    assert checks["connections"].verdict == "pass" and checks["lock waits"].verdict == "pass"
+    assert [t.name for t in result["relations"].tables] == ["t"]
