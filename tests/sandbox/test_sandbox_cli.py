@@ -229,6 +229,7 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "environment",
         "postgres_admin_dsn",
         "postgres_port",
+        "postgres_data_dir",  # outside pytest's basetemp (see make_settings): the cluster runs as postgres
         "postgres_db",
         "postgres_size",
         "redis_url",
