@@ -208,8 +208,9 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         ),
         "postgres_port": free_port(),  # the sandbox's own cluster, where the machine has PostgreSQL's binaries
         # ... with its data outside pytest's basetemp: every pytest start on the machine strips the others' access
-        # to /tmp/pytest-of-<user> (mode 0700), and the cluster runs as the postgres user
-        "postgres_data_dir": Path(tempfile.mkdtemp(prefix=f"runbooks-pg-{RUN_ID}-")) / "main",
+        # to /tmp/pytest-of-<user> (mode 0700), and the cluster runs as the postgres user. Created by the cluster's
+        # initdb only (a test that never starts PostgreSQL leaves nothing); release_postgres removes it.
+        "postgres_data_dir": Path(tempfile.gettempdir()) / f"runbooks-pg-{RUN_ID}-{uuid.uuid4().hex[:8]}" / "main",
         "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
         "postgres_size": "3MB",
         "redis_url": redis_url,
@@ -247,7 +248,7 @@ def release_postgres(settings: SandboxSettings, record: dict[str, object]) -> No
     component = PostgresComponent(settings, SandboxState(settings.home))
     if component.kind(record) == "cluster":
         component.cluster(Path(str(record["bin_dir"]))).destroy()
-    if settings.postgres_data_dir is not None:  # make_settings' mkdtemp, used or not
+    if settings.postgres_data_dir is not None:  # make_settings' directory of the run's cluster
         shutil.rmtree(settings.postgres_data_dir.parent, ignore_errors=True)
     if component.kind(record) == "cluster":
         return
