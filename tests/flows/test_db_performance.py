@@ -3,10 +3,19 @@ a backup session (``application_name`` pg_dump) at the root of another chain is 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import aresume_flow_run
 
 from blocks.environment import RunbookEnvironment
 from flows.db_performance import db_performance, describe_target
@@ -78,3 +87,47 @@ def test_the_approval_shows_the_query_without_its_literals() -> None:
     text = describe_target(target, "app@db:5432/ai", "production", 5, True)
     assert "pg_cancel_backend(7)" in text and "pg_terminate_backend" in text and "active for 400s" in text
     assert "UPDATE users SET api_key = ? WHERE id = ?" in text and "sk-live" not in text and "42" not in text
+
+
+async def paused_run(environment: str, run: asyncio.Task[Any], timeout_s: float = 120) -> UUID:
+    """The id of the db-performance run of ``environment`` once it is paused for approval."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run.done():
+            raise AssertionError(f"db-performance did not pause: {run.result()}")
+        async with get_client() as client:
+            paused = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["db-performance"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))),
+            )
+        for flow_run in paused:
+            if flow_run.parameters.get("environment") == environment:
+                return flow_run.id
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"db-performance never paused for approval within {timeout_s}s")
+
+
+async def test_outside_the_sandbox_it_cancels_once_approved(
+    chains: tuple[LockChain, LockChain], production_environment: str
+) -> None:
+    app, _ = chains
+    run = asyncio.create_task(
+        db_performance(
+            environment=production_environment,
+            min_blocked_s=0,
+            reindex=False,
+            dry_run=False,
+            approval_timeout_s=60,
+            return_state=True,
+        )
+    )
+    run_id = await paused_run(production_environment, run)
+    assert psql(app.dsn, f"SELECT wait_event FROM pg_stat_activity WHERE pid = {app.holder_pid}") == "PgSleep"
+    await aresume_flow_run(run_id, run_input={"approve": True, "approver": "alice"})
+    state = await asyncio.wait_for(run, timeout=120)
+    assert state.is_completed(), state.message
+    result = await state.result()  # type: ignore[union-attr]
+    [record] = [r for r in result["actions"] if r.data["pid"] == app.holder_pid]
+    assert (record.decision, record.approver, record.outcome) == ("approved", "alice", "done"), record
+    app.join()
+    assert app.value() == 2  # both waiters went on
