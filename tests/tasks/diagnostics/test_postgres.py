@@ -3,6 +3,8 @@ preloaded), and the pure parts (literal redaction, the blocking tree, the plan, 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,10 +22,13 @@ from tasks.diagnostics.postgres import (
     lock_tree,
     plan_targets,
     read_index_bloat,
+    read_sessions,
     read_slow_queries,
     redact_literals,
     reindex_concurrently,
+    stop_backend,
 )
+from tests.pglocks import psql
 
 
 @pytest.fixture()
@@ -74,6 +79,50 @@ async def test_reindex_concurrently_rebuilds_a_bloated_index(scratch: PostgresDa
     assert bloated.bloat_percent >= 60, bloated
     rebuilt = await reindex_concurrently.fn(scratch, bloated)
     assert rebuilt.index == "public.events_n" and rebuilt.bytes_after < bloated.bytes / 3, rebuilt
+
+
+async def test_a_cancel_that_does_not_end_an_idle_transaction_is_followed_by_a_terminate(
+    scratch: PostgresDatabase,
+) -> None:
+    """An idle transaction holding a row lock ignores pg_cancel_backend (it runs no query): after cancel_wait_s,
+    pg_terminate_backend, and the session waiting on it goes on."""
+    dsn = scratch.dsn.get_secret_value()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        conn.execute("INSERT INTO t VALUES (1, 0)")
+    holder = psycopg.connect(dsn, application_name="forgot-to-commit")
+    holder.execute("UPDATE t SET v = 10 WHERE id = 1")  # and never commits
+    holder_row = holder.execute("SELECT pg_backend_pid()").fetchone()
+    assert holder_row is not None
+    outcome: list[BaseException | None] = []
+
+    def waiter() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("UPDATE t SET v = v + 1 WHERE id = 1")
+            outcome.append(None)
+        except psycopg.Error as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while psql(dsn, f"SELECT count(*) FROM pg_stat_activity WHERE {holder_row[0]} = ANY(pg_blocking_pids(pid))") != "1":
+        assert time.monotonic() < deadline, "the waiter never queued behind the idle transaction"
+        time.sleep(0.1)
+    try:
+        [session] = [s for s in await read_sessions.fn(scratch) if s.pid == holder_row[0]]
+        assert session.state == "idle in transaction"
+        stopped = await stop_backend.fn(scratch, session, cancel_wait_s=1, terminate=True)
+        assert (stopped.action, stopped.outcome) == ("terminate", "terminated"), stopped
+        thread.join(30)
+        assert outcome == [None]
+        assert psql(dsn, "SELECT v FROM t WHERE id = 1") == "1"  # the holder's update rolled back, the waiter's in
+        assert psql(dsn, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {holder_row[0]}") == "0"
+        again = await stop_backend.fn(scratch, session, cancel_wait_s=1, terminate=True)
+        assert again.outcome == "gone"  # a re-run finds it gone, and never touches a new session of the same pid
+    finally:
+        holder.close()
 
 
 def test_literals_are_removed_and_parameters_kept() -> None:
