@@ -21,6 +21,7 @@ import httpx
 from kernel import processes
 from kernel.errors import SandboxError
 from sandbox.config import PROJECT_DIR, SandboxSettings, SandboxState
+from sandbox.pgcluster import PostgresCluster, find_bin_dir, has_extension
 
 #: the flow the in-process triage worker imports at start
 TRIAGE_ENTRYPOINT = "flows/triage.py:incident_triage"
@@ -160,12 +161,50 @@ class ProcessComponent(Component):
 
 
 class PostgresComponent(Component):
-    """The reachable server at ``postgres_admin_dsn``, else an embedded PostgreSQL 16 (pgserver)."""
+    """A cluster of the sandbox's own (the machine's binaries, ``pg_stat_statements`` loaded, on ``postgres_port``),
+    else the reachable server at ``postgres_admin_dsn``, else an embedded PostgreSQL 16 (pgserver).
+
+    The state record's ``kind`` says which (``cluster``, ``server``, ``embedded``); the Prefect server's database
+    (``<postgres_db>_prefect``) lives on the same one.
+    """
 
     name = "postgres"
+    #: what the cluster preloads: the diagnostics read pg_stat_statements, which needs it at server start
+    CLUSTER_SETTINGS: ClassVar[dict[str, str]] = {
+        "shared_preload_libraries": "pg_stat_statements",
+    }
 
     def _embedded_dir(self) -> Path:
         return self.settings.home / "pgdata"
+
+    def _cluster_dir(self) -> Path:
+        return self.settings.postgres_data_dir or self.settings.home / "postgres" / "main"
+
+    def cluster(self, bin_dir: Path) -> PostgresCluster:
+        """The sandbox's own cluster (whether or not it runs)."""
+        return PostgresCluster(
+            bin_dir=bin_dir,
+            pgdata=self._cluster_dir(),
+            host=self.settings.host,
+            port=self.settings.postgres_port,
+            log_path=self.settings.home / "logs" / "postgres.log",
+            settings=self.CLUSTER_SETTINGS,
+        )
+
+    def _cluster_bin_dir(self) -> Path | None:
+        """The machine's binaries, if the sandbox may and can run its own cluster (with pg_stat_statements)."""
+        if not self.settings.postgres_cluster:
+            return None
+        bin_dir = find_bin_dir()
+        if bin_dir is None or not has_extension(bin_dir, "pg_stat_statements"):
+            return None
+        return bin_dir
+
+    @staticmethod
+    def kind(record: dict[str, Any]) -> str:
+        if record.get("kind"):
+            return str(record["kind"])
+        return "embedded" if record.get("embedded") else "server"
 
     def _admin_dsn(self) -> str:
         record = self.state.get(self.name)
@@ -190,23 +229,43 @@ class PostgresComponent(Component):
 
         record = self.state.get(self.name)
         admin_dsn = self.settings.postgres_admin_dsn
-        if record.get("embedded") or not self._reachable(admin_dsn):
+        bin_dir = Path(record["bin_dir"]) if self.kind(record) == "cluster" else self._cluster_bin_dir()
+        if bin_dir is not None and self.kind(record) in {"cluster", "server"}:
+            cluster = self.cluster(bin_dir)
+            if not cluster.running() and not port_free(self.settings.host, self.settings.postgres_port):
+                raise SandboxError(
+                    f"postgres: port {self.settings.postgres_port} is taken by another process",
+                    hint="set RUNBOOKS_SANDBOX_POSTGRES_PORT to a free port",
+                )
+            cluster.start()
+            admin_dsn = cluster.admin_dsn
+            record = {"kind": "cluster", "embedded": False, "admin_dsn": admin_dsn, "bin_dir": str(bin_dir)}
+            record["pgdata"] = str(cluster.pgdata)
+        elif record.get("embedded") or not self._reachable(admin_dsn):
             if not self.settings.allow_embedded:
                 raise SandboxError(
-                    "postgres: nothing answers at the configured DSN and embedded is off",
-                    hint="start PostgreSQL or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
+                    "postgres: no PostgreSQL binaries for a cluster, nothing answers at the configured DSN, "
+                    "and embedded is off",
+                    hint="install Debian's postgresql package, start PostgreSQL, "
+                    "or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
                 )
-            admin_dsn, bin_dir = self._start_embedded()
+            admin_dsn, embedded_bin = self._start_embedded()
             record = {
+                "kind": "embedded",
                 "embedded": True,
                 "admin_dsn": admin_dsn,
-                "bin_dir": bin_dir,
+                "bin_dir": embedded_bin,
                 "pgdata": str(self._embedded_dir()),
             }
         else:
-            record = {"embedded": False, "admin_dsn": admin_dsn, "bin_dir": ""}
+            record = {"kind": "server", "embedded": False, "admin_dsn": admin_dsn, "bin_dir": ""}
         self.state.put(self.name, record)
         dsn = datagen.ensure_database(admin_dsn, self.settings.postgres_db)
+        if record["kind"] == "cluster":
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         if not self._has_data(dsn):
             counts = datagen.generate_postgres(
                 dsn, datagen.parse_size(self.settings.postgres_size), seed=self.settings.seed
@@ -239,8 +298,11 @@ class PostgresComponent(Component):
         return server.get_uri(), str(POSTGRES_BIN_PATH)
 
     def down(self) -> None:
+        """Stop the cluster or the embedded server (their data stays for the next ``up``); a server is left alone."""
         record = self.state.get(self.name)
-        if record.get("embedded"):
+        if self.kind(record) == "cluster":
+            self.cluster(Path(record["bin_dir"])).stop()
+        elif record.get("embedded"):
             bin_dir = Path(record["bin_dir"])
             pgdata = record["pgdata"]
             argv = [str(bin_dir / "pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "stop"]
@@ -253,7 +315,9 @@ class PostgresComponent(Component):
         import psycopg
 
         record = self.state.get(self.name)
-        kind = "embedded" if record.get("embedded") else "server"
+        if not record:
+            return ComponentStatus(self.name, False, "", "not up")
+        kind = {"cluster": "own cluster", "server": "machine's server", "embedded": "embedded"}[self.kind(record)]
         try:
             with psycopg.connect(self.app_dsn(), connect_timeout=3) as conn:
                 row = conn.execute(

@@ -28,7 +28,12 @@ class SandboxSettings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     host: str = "127.0.0.1"
     environment: str = "sandbox"
-    # PostgreSQL: the reachable server at this admin DSN, else an embedded one (pgserver)
+    # PostgreSQL: a cluster of the sandbox's own on postgres_port (the machine's PostgreSQL binaries, loading
+    # pg_stat_statements; postgres_cluster=false to skip it), else the reachable server at this admin DSN, else
+    # an embedded one (pgserver)
+    postgres_cluster: bool = True
+    postgres_port: int = 5442
+    postgres_data_dir: Path | None = None  # the cluster's data directory; default <home>/postgres/main
     postgres_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     postgres_db: str = "ai_multimodel"
     postgres_size: str = "20MB"

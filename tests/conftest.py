@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,6 +206,11 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "postgres_admin_dsn": os.environ.get(
             "RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
+        "postgres_port": free_port(),  # the sandbox's own cluster, where the machine has PostgreSQL's binaries
+        # ... with its data outside pytest's basetemp: every pytest start on the machine strips the others' access
+        # to /tmp/pytest-of-<user> (mode 0700), and the cluster runs as the postgres user. Created by the cluster's
+        # initdb only (a test that never starts PostgreSQL leaves nothing); release_postgres removes it.
+        "postgres_data_dir": Path(tempfile.gettempdir()) / f"runbooks-pg-{RUN_ID}-{uuid.uuid4().hex[:8]}" / "main",
         "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
         "postgres_size": "3MB",
         "redis_url": redis_url,
@@ -233,6 +240,24 @@ def drop_database(admin_dsn: str, dbname: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
+def release_postgres(settings: SandboxSettings, record: dict[str, object]) -> None:
+    """After ``down``: the run's own cluster is deleted; on a shared server, the run's databases are dropped."""
+    from sandbox.components import PostgresComponent
+    from sandbox.config import SandboxState
+
+    component = PostgresComponent(settings, SandboxState(settings.home))
+    if component.kind(record) == "cluster":
+        component.cluster(Path(str(record["bin_dir"]))).destroy()
+    if settings.postgres_data_dir is not None:  # make_settings' directory of the run's cluster
+        shutil.rmtree(settings.postgres_data_dir.parent, ignore_errors=True)
+    if component.kind(record) == "cluster":
+        return
+    admin_dsn = str(record.get("admin_dsn") or settings.postgres_admin_dsn)
+    if component.kind(record) == "server":
+        drop_database(admin_dsn, settings.postgres_db)
+        drop_database(admin_dsn, f"{settings.postgres_db}_prefect")  # a Prefect server's, where one ran
+
+
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, redis_url: str) -> Iterator[Sandbox]:
     """The sandbox's services (not its Prefect server: the harness stands in), blocks saved as ``sandbox-test``."""
@@ -251,8 +276,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, red
         asyncio.run(apply_blocks(settings, box.state))
         yield box
     finally:
+        postgres = box.state.get("postgres")
         box.down(SERVICES)
-        drop_database(settings.postgres_admin_dsn, settings.postgres_db)
+        release_postgres(settings, postgres)
         with redis.Redis.from_url(settings.redis_url) as client:
             client.flushdb()
 

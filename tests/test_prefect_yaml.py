@@ -76,3 +76,20 @@ def test_weekly_maintenance_runs_on_sundays_before_verify_backup() -> None:
     assert starts + maintenance["parameters"]["window_minutes"] <= verify_starts  # its window closes first
     assert maintenance["concurrency_limit"]["limit"] == 1
     assert load_flow_from_entrypoint(str(ROOT / maintenance["entrypoint"])).name == "weekly-maintenance"
+
+
+def test_slow_queries_and_database_locks_start_db_performance() -> None:
+    """The gateway's incidents carry ``runbooks.alert.name``; db-performance's trigger matches those two alerts only."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.events.schemas.events import Resource
+
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "db-performance"]
+    [trigger] = [DeploymentEventTrigger(**t) for t in deployment["triggers"]]
+    assert trigger.expect == {"runbooks.incident.opened"}
+
+    def incident(alert: str) -> Resource:
+        return Resource({"prefect.resource.id": "runbooks.incident.i-1", "runbooks.alert.name": alert})
+
+    assert trigger.match.matches(incident("SlowQueries")) and trigger.match.matches(incident("DatabaseLocks"))
+    assert not trigger.match.matches(incident("ModelDown"))
+    assert load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).name == "db-performance"

@@ -19,8 +19,9 @@ import pytest
 
 from kernel import processes
 from sandbox.components import port_open
+from sandbox.config import SandboxState
 from sandbox.manager import COMPONENTS
-from tests.conftest import drop_database, free_port, make_settings
+from tests.conftest import free_port, make_settings, release_postgres
 
 
 def _processes_holding(path: Path) -> list[int]:
@@ -234,6 +235,8 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "home",
         "environment",
         "postgres_admin_dsn",
+        "postgres_port",
+        "postgres_data_dir",  # outside pytest's basetemp (see make_settings): the cluster runs as postgres
         "postgres_db",
         "postgres_size",
         "redis_url",
@@ -317,9 +320,9 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         finally:
             gateway.stop()
     finally:
+        postgres = SandboxState(settings.home).get("postgres")
         down = runbooks("sandbox", "down")
-        drop_database(settings.postgres_admin_dsn, settings.postgres_db)
-        drop_database(settings.postgres_admin_dsn, f"{settings.postgres_db}_prefect")  # the Prefect server's
+        release_postgres(settings, postgres)
         with redis.Redis.from_url(settings.redis_url) as client:
             client.flushdb()
     assert down.returncode == 0, down.stderr
