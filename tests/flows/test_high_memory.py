@@ -1,0 +1,200 @@
+"""high-memory on the session's sandbox: the API's memory grows on the simulated node (the memory-growth fault's node
+rule, at a test-scale rate), the sandbox's Prometheus scraping the kubelet fires HighMemoryUsage (the product's
+rule at a test-scale ``for:``), and the run for the alert's pod describes first (observe changes nothing), then
+deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise past the policy's cap
+asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit as it was)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from blocks.kubernetes import KubernetesCluster
+from flows.high_memory import high_memory
+from sandbox.components import PrometheusComponent
+from sandbox.config import SandboxState
+from sandbox.manager import Sandbox
+from tasks import kubernetes as k8s
+from tasks.memory import policy as memory_policy
+from tests.conftest import TEST_ENVIRONMENT, free_port
+from tests.flows.conftest import API, production_kubectl, set_node_behaviour
+
+ROOT = Path(__file__).resolve().parents[2]
+#: MiB a minute: from the API pods' ~0.6 GiB to 90% of their 4 GiB limit in about 8 s (the fault's 50 MiB/min would
+#: take an hour)
+TEST_GROWTH = 24_000
+
+
+def api_pods(kubeconfig: Path) -> dict[str, dict[str, Any]]:
+    """The API's pods as ``kubectl get pods -o json`` shows them, by name (terminating ones left out)."""
+    items = json.loads(production_kubectl(kubeconfig, "get", "pods", "-l", f"app={API}", "-o", "json"))["items"]
+    return {p["metadata"]["name"]: p for p in items if not p["metadata"].get("deletionTimestamp")}
+
+
+def memory_limit(kubeconfig: Path) -> str:
+    path = "{.spec.template.spec.containers[0].resources.limits.memory}"
+    return production_kubectl(kubeconfig, "get", f"deployment/{API}", "-o", f"jsonpath={path}").strip()
+
+
+def revision(kubeconfig: Path) -> str:
+    path = "{.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+    return production_kubectl(kubeconfig, "get", f"deployment/{API}", "-o", f"jsonpath={path}").strip()
+
+
+async def poll(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f}s"
+        await asyncio.sleep(0.5)
+
+
+@pytest.fixture()
+def prometheus(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The sandbox's Prometheus (its kubelet and cAdvisor jobs) with the product's memory rule at ``for: 5s``."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = (ROOT / "alerting" / "rules" / "memory.yml").read_text()
+    assert "for: 1m" in text
+    (rules / "memory.yml").write_text(text.replace("for: 1m", "for: 5s"))
+    monkeypatch.setattr("sandbox.components.RULES_DIR", rules)
+    settings = sandbox.settings.model_copy(update={"prometheus_port": free_port(), "alertmanager_port": free_port()})
+    component = PrometheusComponent(settings, SandboxState(settings.home))
+    assert {"kubelet", "kubelet-cadvisor"} <= {j["job_name"] for j in component.config()["scrape_configs"]}
+    component.up()
+    try:
+        yield component.address
+    finally:
+        component.down()
+
+
+@pytest.fixture()
+async def fresh_api_afterwards(
+    kubernetes_cluster: KubernetesCluster, admin_kubeconfig: Path
+) -> AsyncIterator[list[str]]:
+    """Yields the incident ids the test uses; afterwards the node's rules are cleared, the claims taken off the
+    Deployment, and every API pod that grew is replaced by a fresh one (a leak keeps what it took until then)."""
+    incidents: list[str] = []
+    before = set(api_pods(admin_kubeconfig))
+    try:
+        yield incidents
+    finally:
+        await set_node_behaviour(admin_kubeconfig, {})
+        for incident in incidents:
+            for action in ("delete-pod", "raise-limit"):
+                name = k8s.claim_annotation(f"{incident}.{action}")
+                production_kubectl(admin_kubeconfig, "annotate", f"deployment/{API}", f"{name}-")
+        grown = sorted(before & set(api_pods(admin_kubeconfig)))
+        if grown:
+            production_kubectl(admin_kubeconfig, "delete", "pod", *grown, "--wait=false")
+
+        async def fresh() -> bool:
+            pods = api_pods(admin_kubeconfig)
+            ready = [
+                n
+                for n, p in pods.items()
+                if n not in before
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            ]
+            return len(ready) == 3 and len(pods) == 3
+
+        await poll(fresh, 120, "three fresh API pods")
+
+
+async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
+    prometheus: str, admin_kubeconfig: Path, fresh_api_afterwards: list[str]
+) -> None:
+    await set_node_behaviour(admin_kubeconfig, {"memory_growth_mib_per_min": {API: TEST_GROWTH}})
+
+    async def firing() -> list[dict[str, Any]]:
+        alerts = httpx.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        return [
+            a
+            for a in alerts
+            if a["labels"]["alertname"] == "HighMemoryUsage"
+            and a["state"] == "firing"
+            and a["labels"].get("namespace") == "production"
+            and a["labels"].get("container") == API
+        ]
+
+    [alert, *_] = await poll(firing, 90, "HighMemoryUsage firing for an API pod")
+    await set_node_behaviour(admin_kubeconfig, {})  # the leak stops; what it took stays until the pod restarts
+    labels = alert["labels"]
+    incident = f"test-mem-{uuid.uuid4().hex[:8]}"
+    fresh_api_afterwards.append(incident)
+    alert_run = {
+        "environment": TEST_ENVIRONMENT,
+        "alert_name": "HighMemoryUsage",
+        "incident_id": incident,
+        "namespace": labels["namespace"],
+        "pod": labels["pod"],
+        "container": labels["container"],
+    }
+    before = api_pods(admin_kubeconfig)
+    assert labels["pod"] in before
+
+    # observe (a dry run): described and planned, nothing changed
+    state = await high_memory(**alert_run, dry_run=True, return_state=True)  # type: ignore[call-overload]
+    assert state.is_completed(), state.message
+    observed = await state.result()
+    [record] = observed["actions"]
+    assert (record.action, record.decision, record.outcome) == ("delete-pod", "observed", "not-done")
+    assert observed["target"].ratio > 0.9 and observed["heap"].heap_used_bytes > 0
+    assert set(api_pods(admin_kubeconfig)) == set(before)  # kubectl: the same pods
+    assert memory_limit(admin_kubeconfig) == "4Gi"
+
+    # the alert's run, in the sandbox's mode (auto): the pod deleted, a fresh one in its place
+    state = await high_memory(**alert_run, return_state=True)  # type: ignore[call-overload]
+    assert state.is_completed(), state.message
+    [record] = (await state.result())["actions"]
+    assert (record.action, record.decision, record.outcome) == ("delete-pod", "auto", "done"), record.detail
+    assert record.data["replaced"] is True
+    after = api_pods(admin_kubeconfig)
+    assert labels["pod"] not in after and len(after) == 3  # kubectl: the pod is gone, the ReplicaSet made another
+    [new] = set(after) - set(before)
+    assert record.data["replacements"] == [new]
+
+    # the same incident again (a re-run, another worker): nothing more is deleted
+    state = await high_memory(**{**alert_run, "pod": None}, return_state=True)  # type: ignore[call-overload]
+    assert state.is_completed(), state.message
+    again = (await state.result())["actions"]
+    assert all(r.outcome != "done" for r in again), [r.detail for r in again]
+    assert set(api_pods(admin_kubeconfig)) == set(after)
+
+
+async def test_a_raise_past_the_cap_asks_even_in_auto_mode_and_unanswered_changes_nothing(
+    admin_kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's cap at the API's limit (4Gi): the one step up is past it, so the sandbox's auto mode asks; no
+    answer within the timeout is a denial, and kubectl sees the limit and the revision as they were."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(memory_policy.POLICY_PATH.read_text().replace("cap: 6Gi", "cap: 4Gi"))
+    monkeypatch.setattr(memory_policy, "POLICY_PATH", policy)
+    before = revision(admin_kubeconfig)
+    pod = sorted(api_pods(admin_kubeconfig))[0]
+    incident = f"test-cap-{uuid.uuid4().hex[:8]}"
+    state = await high_memory(  # type: ignore[call-overload]
+        environment=TEST_ENVIRONMENT,
+        incident_id=incident,
+        pod=pod,
+        raise_limit=True,
+        approval_timeout_s=10,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    [record] = (await state.result())["actions"]
+    assert record.action == "raise-limit" and record.data == {"from": "4Gi", "to": "5Gi", "cap": "4Gi"}
+    assert (record.decision, record.outcome) == ("denied", "not-done")
+    assert memory_limit(admin_kubeconfig) == "4Gi"
+    assert revision(admin_kubeconfig) == before  # no rollout
+    assert pod in api_pods(admin_kubeconfig)  # 4Gi-limit pod at ~15%: nothing to delete either
