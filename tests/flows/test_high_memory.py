@@ -1,8 +1,8 @@
-"""high-memory on the session's sandbox: the API's memory grows on the simulated node (the memory-growth fault's node
-rule, at a test-scale rate), the sandbox's Prometheus scraping the kubelet fires HighMemoryUsage (the product's
-rule at a test-scale ``for:``), and the run for the alert's pod describes first (observe changes nothing), then
-deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise past the policy's cap
-asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit as it was)."""
+"""high-memory on the session's sandbox: ``runbooks sandbox fault memory-growth`` (at a test-scale rate) grows the
+API pods' memory on the simulated node, the sandbox's Prometheus scraping the kubelet fires HighMemoryUsage (the
+product's rule at a test-scale ``for:``), and the run for the alert's pod describes first (observe changes nothing),
+then deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise past the policy's
+cap asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit as it was)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import pytest
 
 from blocks.kubernetes import KubernetesCluster
 from flows.high_memory import high_memory
+from sandbox import faults
 from sandbox.components import PrometheusComponent
 from sandbox.config import SandboxState
 from sandbox.manager import Sandbox
@@ -30,7 +31,7 @@ from tests.flows.conftest import API, production_kubectl, set_node_behaviour
 ROOT = Path(__file__).resolve().parents[2]
 #: MiB a minute: from the API pods' ~0.6 GiB to 90% of their 4 GiB limit in about 8 s (the fault's 50 MiB/min would
 #: take an hour)
-TEST_GROWTH = 24_000
+TEST_GROWTH = 24_000.0
 
 
 def api_pods(kubeconfig: Path) -> dict[str, dict[str, Any]]:
@@ -112,9 +113,15 @@ async def fresh_api_afterwards(
 
 
 async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
-    prometheus: str, admin_kubeconfig: Path, fresh_api_afterwards: list[str]
+    sandbox: Sandbox,
+    prometheus: str,
+    admin_kubeconfig: Path,
+    fresh_api_afterwards: list[str],
+    platform_admin: tuple[str, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await set_node_behaviour(admin_kubeconfig, {"memory_growth_mib_per_min": {API: TEST_GROWTH}})
+    monkeypatch.setattr(faults, "POD_MEMORY_GROWTH_MIB_PER_MIN", TEST_GROWTH)
+    assert "HighMemoryUsage" in faults.inject("memory-growth", sandbox.settings, sandbox.state)
 
     async def firing() -> list[dict[str, Any]]:
         alerts = httpx.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
@@ -128,7 +135,7 @@ async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
         ]
 
     [alert, *_] = await poll(firing, 90, "HighMemoryUsage firing for an API pod")
-    await set_node_behaviour(admin_kubeconfig, {})  # the leak stops; what it took stays until the pod restarts
+    faults.inject("clear", sandbox.settings, sandbox.state)  # the leak stops; what it took stays until a restart
     labels = alert["labels"]
     incident = f"test-mem-{uuid.uuid4().hex[:8]}"
     fresh_api_afterwards.append(incident)
