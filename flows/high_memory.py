@@ -137,7 +137,8 @@ async def high_memory(
                 event = "runbooks.memory.pod-deleted"
             else:
                 assert planned.limit is not None
-                applied = await mitigations.raise_limit(cluster, target, planned.limit, incident, run)
+                wait_s = policy.replacement_timeout_s
+                applied = await mitigations.raise_limit(cluster, target, planned.limit, incident, run, timeout_s=wait_s)
                 event = "runbooks.memory.limit-raised"
         except Exception as err:  # noqa: BLE001 - recorded, reported, then the run fails
             record.outcome, record.detail = "failed", describe_error(err)

@@ -210,9 +210,10 @@ async def delete_pod(
 
 
 async def raise_limit(
-    cluster: KubernetesCluster, target: MemoryTarget, step: LimitStep, incident: str, run: str
+    cluster: KubernetesCluster, target: MemoryTarget, step: LimitStep, incident: str, run: str, *, timeout_s: float
 ) -> Applied:
-    """Claim, then set the container's memory limit to ``step.new`` (the Deployment rolls out)."""
+    """Claim, set the container's memory limit to ``step.new``, then follow the rollout it starts (verify: a rollout
+    that fails or times out raises :class:`~tasks.kubernetes.RolloutError`, which says to undo)."""
     assert target.deployment is not None
     key = f"{incident}:raise-limit:{target.deployment}/{target.container}"
     claim = await _claimed(cluster, target.deployment, target.namespace, incident, "raise-limit", key, run)
@@ -234,6 +235,9 @@ async def raise_limit(
     await k8s.complete_mitigation_claim(
         cluster, target.deployment, f"{incident}.raise-limit", run, detail, target.namespace
     )
+    if change.changed:
+        status = await k8s.rollout_status(cluster, target.deployment, target.namespace, timeout_s=timeout_s, poll_s=1)
+        detail += f"; {status.message} in {status.waited_s:.0f}s"
     return Applied(
         outcome="done" if change.changed else "no-op",
         detail=detail,

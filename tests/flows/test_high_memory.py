@@ -1,8 +1,8 @@
 """high-memory on the session's sandbox: ``runbooks sandbox fault memory-growth`` (at a test-scale rate) grows the
 API pods' memory on the simulated node, the sandbox's Prometheus scraping the kubelet fires HighMemoryUsage (the
 product's rule at a test-scale ``for:``), and the run for the alert's pod describes first (observe changes nothing),
-then deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise past the policy's
-cap asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit as it was)."""
+then deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise stops at the
+policy's cap; past it, it asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from sandbox.manager import Sandbox
 from tasks import kubernetes as k8s
 from tasks.memory import policy as memory_policy
 from tests.conftest import TEST_ENVIRONMENT, free_port
-from tests.flows.conftest import API, production_kubectl, set_node_behaviour
+from tests.flows.conftest import API, history_as_found, production_kubectl, set_node_behaviour
 
 ROOT = Path(__file__).resolve().parents[2]
 #: MiB a minute: from the API pods' ~0.6 GiB to 90% of their 4 GiB limit in about 8 s (the fault's 50 MiB/min would
@@ -179,29 +179,49 @@ async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
     assert set(api_pods(admin_kubeconfig)) == set(after)
 
 
-async def test_a_raise_past_the_cap_asks_even_in_auto_mode_and_unanswered_changes_nothing(
-    admin_kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_raise_stops_at_the_cap_and_past_it_asks_even_in_auto_mode(
+    admin_kubeconfig: Path,
+    kubernetes_cluster: KubernetesCluster,
+    fresh_api_afterwards: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The policy's cap at the API's limit (4Gi): the one step up is past it, so the sandbox's auto mode asks; no
-    answer within the timeout is a denial, and kubectl sees the limit and the revision as they were."""
+    """The API's limit 4Gi, the step 1Gi, the policy's cap 4608Mi: in the sandbox's auto mode the raise stops at the
+    cap (kubectl sees 4608Mi rolled out, not 5Gi); a second incident finds the container at the cap, so the step
+    past it asks even in auto mode, and no answer within the timeout is a denial: kubectl sees the limit and the
+    revision as they were."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(memory_policy.POLICY_PATH.read_text().replace("cap: 6Gi", "cap: 4Gi"))
+    policy.write_text(memory_policy.POLICY_PATH.read_text().replace("cap: 6Gi", "cap: 4608Mi"))
     monkeypatch.setattr(memory_policy, "POLICY_PATH", policy)
-    before = revision(admin_kubeconfig)
-    pod = sorted(api_pods(admin_kubeconfig))[0]
-    incident = f"test-cap-{uuid.uuid4().hex[:8]}"
-    state = await high_memory(  # type: ignore[call-overload]
-        environment=TEST_ENVIRONMENT,
-        incident_id=incident,
-        pod=pod,
-        raise_limit=True,
-        approval_timeout_s=10,
-        return_state=True,
-    )
-    assert state.is_completed(), state.message
-    [record] = (await state.result())["actions"]
-    assert record.action == "raise-limit" and record.data == {"from": "4Gi", "to": "5Gi", "cap": "4Gi"}
-    assert (record.decision, record.outcome) == ("denied", "not-done")
-    assert memory_limit(admin_kubeconfig) == "4Gi"
-    assert revision(admin_kubeconfig) == before  # no rollout
-    assert pod in api_pods(admin_kubeconfig)  # 4Gi-limit pod at ~15%: nothing to delete either
+    first, second = (f"test-cap-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    fresh_api_afterwards.extend([first, second])
+
+    async def run(incident: str, pod: str) -> Any:
+        state = await high_memory(  # type: ignore[call-overload]
+            environment=TEST_ENVIRONMENT,
+            incident_id=incident,
+            pod=pod,
+            raise_limit=True,
+            approval_timeout_s=10,
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        [record] = (await state.result())["actions"]  # the pods use ~15% of their limit: nothing to delete
+        return record
+
+    with history_as_found(admin_kubeconfig, [API]):
+        try:
+            raised = await run(first, sorted(api_pods(admin_kubeconfig))[0])
+            assert raised.action == "raise-limit" and raised.data["to"] == "4608Mi"
+            assert (raised.decision, raised.outcome) == ("auto", "done"), raised.detail
+            assert "successfully rolled out" in raised.detail
+            assert memory_limit(admin_kubeconfig) == "4608Mi"  # the cap, not 5Gi
+            rolled = revision(admin_kubeconfig)
+
+            asked = await run(second, sorted(api_pods(admin_kubeconfig))[0])
+            assert asked.data == {"from": "4608Mi", "to": "5632Mi", "cap": "4608Mi"}
+            assert (asked.decision, asked.outcome) == ("denied", "not-done")
+            assert memory_limit(admin_kubeconfig) == "4608Mi" and revision(admin_kubeconfig) == rolled
+        finally:
+            await k8s.set_resources.fn(kubernetes_cluster, API, limits={"memory": "4Gi"})
+            await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=120)
