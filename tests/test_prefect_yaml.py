@@ -81,7 +81,9 @@ def test_weekly_maintenance_runs_on_sundays_before_verify_backup() -> None:
 def test_high_memory_usage_routes_to_high_memory(tmp_path: Path) -> None:
     """The gateway's event for a firing HighMemoryUsage (its resource names the alert, its payload the pod) is
     matched by high-memory's trigger, by Prefect's own matching; another alert's is not (incident-triage's is)."""
-    from prefect.events.schemas.events import Resource, ResourceSpecification
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.events.schemas.events import Resource
+    from pydantic import TypeAdapter
 
     from runbooks.gateway.models import NormalizedAlert
     from runbooks.gateway.store import GatewayStore
@@ -95,7 +97,7 @@ def test_high_memory_usage_routes_to_high_memory(tmp_path: Path) -> None:
         store.accept([NormalizedAlert(fingerprint=name, name=name, status="firing", labels=extra, source="test")])
     events = {e["resource"]["runbooks.alert.name"]: e for _, e in store.due()}
     store.close()
-    spec = ResourceSpecification.model_validate(trigger["match"])
+    spec = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger).match  # as `prefect deploy` reads it
     assert spec.includes([Resource.model_validate(events["HighMemoryUsage"]["resource"])])
     assert not spec.includes([Resource.model_validate(events["HighErrorRate"]["resource"])])
     assert events["HighMemoryUsage"]["payload"]["labels"]["pod"] == "api-1"
