@@ -13,7 +13,8 @@ failures; undo, restart and exec never retry. One module per area:
   scale_deployment, set_image, set_resources
 - ``autoscaling``: scale_out_deployment (raises the HPA's floor so the HPA does not undo it), release_hpa_floors
 - ``claims``: claim_mitigation, complete_mitigation_claim, read_mitigation_claim, release_mitigation_claim (a
-  destructive mitigation's idempotency key, an annotation on the Deployment written with a compare-and-set)
+  destructive mitigation's idempotency key, an annotation on the Deployment written with a compare-and-set);
+  claim_turn, release_turn (one run at a time disrupts a Deployment's pods)
 - ``cleanup``: delete_pod, list/delete_old_replicasets, list/delete_configmaps_by_prefix (with ``dry_run``)
 - ``namespaces``: create_namespace, label_namespace; ``export``: export_resources, export_custom_resources
 - ``releases``: read_last_known_good, record_last_known_good (the ``runbooks.io/last-known-good`` annotation)
@@ -31,11 +32,14 @@ from tasks.kubernetes.autoscaling import (
 )
 from tasks.kubernetes.claims import (
     MitigationClaim,
+    Turn,
     claim_annotation,
     claim_mitigation,
+    claim_turn,
     complete_mitigation_claim,
     read_mitigation_claim,
     release_mitigation_claim,
+    release_turn,
 )
 from tasks.kubernetes.cleanup import (
     CleanupResult,
@@ -122,9 +126,12 @@ __all__ = [
     "MitigationClaim",
     "claim_annotation",
     "claim_mitigation",
+    "claim_turn",
     "complete_mitigation_claim",
     "read_mitigation_claim",
     "release_mitigation_claim",
+    "release_turn",
+    "Turn",
     "CERTIFICATE",
     "AnnotationChange",
     "CleanupResult",

@@ -14,6 +14,8 @@ compare-and-set), as incident-triage's rollbacks do; a second run reports "alrea
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -167,7 +169,7 @@ def plan(target: MemoryTarget, policy: MemoryPolicy, *, raise_limit: bool) -> li
 
 
 class Applied(BaseModel):
-    outcome: Literal["done", "no-op"]
+    outcome: Literal["done", "no-op", "not-done"]
     detail: str
     data: dict[str, object] = Field(default_factory=dict)
 
@@ -179,33 +181,62 @@ async def _claimed(
 
 
 async def delete_pod(
-    cluster: KubernetesCluster, target: MemoryTarget, incident: str, run: str, *, timeout_s: float
+    cluster: KubernetesCluster, target: MemoryTarget, incident: str, run: str, *, timeout_s: float, poll_s: float = 2.0
 ) -> Applied:
-    """Claim, delete the pod, record the claim done, then wait for its replacement (verify)."""
+    """Claim the incident's deletion, wait for the Deployment's turn (one pod deleted at a time: the replicas of a
+    leaking release all alert together, and deleting them all at once is an outage), delete the pod, record the
+    claim done, wait for its replacement to be ready (verify), then give the turn back."""
     assert target.deployment is not None
+    dep, ns = target.deployment, target.namespace
     key = f"{incident}:delete-pod:{target.pod}"
-    claim = await _claimed(cluster, target.deployment, target.namespace, incident, "delete-pod", key, run)
+    claim = await _claimed(cluster, dep, ns, incident, "delete-pod", key, run)
     if not claim.claimed:
         return Applied(outcome="no-op", detail=f"already done by run {claim.run} ({claim.done or claim.at})")
-    selector = (await k8s.get_deployment(cluster, target.deployment, target.namespace)).selector
-    before = [p.name for p in await k8s.list_pods(cluster, target.namespace, label_selector=selector)]
+    deadline, waited_for = time.monotonic() + timeout_s, ""
+    while not (turn := await k8s.claim_turn(cluster, dep, "delete-pod", run, hold_s=timeout_s, namespace=ns)).granted:
+        waited_for = turn.run
+        if time.monotonic() >= deadline:
+            await k8s.release_mitigation_claim(cluster, dep, f"{incident}.delete-pod", run, ns)
+            return Applied(
+                outcome="not-done",
+                detail=f"another pod of {dep} is being replaced (run {turn.run}) after {timeout_s:.0f}s: "
+                "not deleting a second one at once; run again once it is ready",
+            )
+        await asyncio.sleep(poll_s)
     try:
-        deletion = await k8s.delete_pod(cluster, target.pod, target.namespace)
-    except Exception:
-        await k8s.release_mitigation_claim(cluster, target.deployment, f"{incident}.delete-pod", run, target.namespace)
-        raise
-    done, ns = f"pod {target.pod} {deletion.outcome}", target.namespace
-    await k8s.complete_mitigation_claim(cluster, target.deployment, f"{incident}.delete-pod", run, done, ns)
-    replaced = await k8s.wait_pod_replaced(cluster, target.pod, selector, before, target.namespace, timeout_s=timeout_s)
-    detail = f"pod {target.pod} {deletion.outcome}; " + (
-        f"replaced by {', '.join(replaced.new)} in {replaced.waited_s}s"
-        if replaced.replaced
-        else f"no ready replacement within {replaced.waited_s}s"
+        selector = (await k8s.get_deployment(cluster, dep, ns)).selector
+        before = [p.name for p in await k8s.list_pods(cluster, ns, label_selector=selector)]
+        deleted_at = time.time()
+        try:
+            deletion = await k8s.delete_pod(cluster, target.pod, ns)
+        except Exception:
+            await k8s.release_mitigation_claim(cluster, dep, f"{incident}.delete-pod", run, ns)
+            raise
+        done = f"pod {target.pod} {deletion.outcome}"
+        await k8s.complete_mitigation_claim(cluster, dep, f"{incident}.delete-pod", run, done, ns)
+        replaced = await k8s.wait_pod_replaced(cluster, target.pod, selector, before, ns, timeout_s=timeout_s)
+        replaced_at = time.time()
+    finally:
+        await k8s.release_turn(cluster, dep, "delete-pod", run, ns)
+    detail = (
+        (f"after run {waited_for}'s deletion was replaced; " if waited_for else "")
+        + f"pod {target.pod} {deletion.outcome}; "
+        + (
+            f"replaced by {', '.join(replaced.new)} in {replaced.waited_s}s"
+            if replaced.replaced
+            else f"no ready replacement within {replaced.waited_s}s"
+        )
     )
     return Applied(
         outcome="done" if deletion.outcome == "deleted" else "no-op",
         detail=detail,
-        data={"deleted": target.pod, "replacements": replaced.new, "replaced": replaced.replaced},
+        data={
+            "deleted": target.pod,
+            "replacements": replaced.new,
+            "replaced": replaced.replaced,
+            "deleted_at": deleted_at,
+            "replaced_at": replaced_at,
+        },
     )
 
 

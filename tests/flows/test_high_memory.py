@@ -1,8 +1,9 @@
 """high-memory on the session's sandbox: ``runbooks sandbox fault memory-growth`` (at a test-scale rate) grows the
 API pods' memory on the simulated node, the sandbox's Prometheus scraping the kubelet fires HighMemoryUsage (the
 product's rule at a test-scale ``for:``), and the run for the alert's pod describes first (observe changes nothing),
-then deletes it in the sandbox's auto mode (kubectl sees it replaced), once per incident. A raise stops at the
-policy's cap; past it, it asks even in auto mode, and unanswered it changes nothing (kubectl sees the limit)."""
+then two alerts' runs at once delete their pods in the sandbox's auto mode one after the other (kubectl sees them
+replaced), once per incident. A raise stops at the policy's cap; past it, it asks even in auto mode, and unanswered
+it changes nothing (kubectl sees the limit)."""
 
 from __future__ import annotations
 
@@ -134,11 +135,15 @@ async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
             and a["labels"].get("container") == API
         ]
 
-    [alert, *_] = await poll(firing, 90, "HighMemoryUsage firing for an API pod")
+    async def two_firing() -> list[dict[str, Any]]:
+        alerts = await firing()
+        return alerts if len({a["labels"]["pod"] for a in alerts}) >= 2 else []
+
+    alert, other = (await poll(two_firing, 90, "HighMemoryUsage firing for two API pods"))[:2]
     faults.inject("clear", sandbox.settings, sandbox.state)  # the leak stops; what it took stays until a restart
     labels = alert["labels"]
-    incident = f"test-mem-{uuid.uuid4().hex[:8]}"
-    fresh_api_afterwards.append(incident)
+    incident, other_incident = (f"test-mem-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    fresh_api_afterwards.extend([incident, other_incident])
     alert_run = {
         "environment": TEST_ENVIRONMENT,
         "alert_name": "HighMemoryUsage",
@@ -160,16 +165,26 @@ async def test_memory_growth_fires_high_memory_usage_and_the_pod_is_replaced(
     assert set(api_pods(admin_kubeconfig)) == set(before)  # kubectl: the same pods
     assert memory_limit(admin_kubeconfig) == "4Gi"
 
-    # the alert's run, in the sandbox's mode (auto): the pod deleted, a fresh one in its place
-    state = await high_memory(**alert_run, return_state=True)  # type: ignore[call-overload]
-    assert state.is_completed(), state.message
-    [record] = (await state.result())["actions"]
-    assert (record.action, record.decision, record.outcome) == ("delete-pod", "auto", "done"), record.detail
-    assert record.data["replaced"] is True
+    # the two alerts' runs at once, in the sandbox's mode (auto): each pod deleted and replaced, one after the
+    # other (the Deployment's turn), so never two of the API's three replicas down together
+    other_run = {**alert_run, "incident_id": other_incident, "pod": other["labels"]["pod"]}
+    states = await asyncio.gather(
+        high_memory(**alert_run, return_state=True),  # type: ignore[call-overload]
+        high_memory(**other_run, return_state=True),  # type: ignore[call-overload]
+    )
+    records = []
+    for state in states:
+        assert state.is_completed(), state.message
+        [record] = (await state.result())["actions"]
+        assert (record.action, record.decision, record.outcome) == ("delete-pod", "auto", "done"), record.detail
+        assert record.data["replaced"] is True
+        records.append(record)
+    first, second = sorted(records, key=lambda r: r.data["deleted_at"])
+    assert second.data["deleted_at"] >= first.data["replaced_at"], (first.detail, second.detail)
     after = api_pods(admin_kubeconfig)
-    assert labels["pod"] not in after and len(after) == 3  # kubectl: the pod is gone, the ReplicaSet made another
-    [new] = set(after) - set(before)
-    assert record.data["replacements"] == [new]
+    gone = {labels["pod"], other["labels"]["pod"]}
+    assert not gone & set(after) and len(after) == 3  # kubectl: both gone, the ReplicaSet made two more
+    assert set(after) - set(before) == {n for r in records for n in r.data["replacements"]}
 
     # the same incident again (a re-run, another worker): nothing more is deleted
     state = await high_memory(**{**alert_run, "pod": None}, return_state=True)  # type: ignore[call-overload]
