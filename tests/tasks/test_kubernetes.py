@@ -40,6 +40,7 @@ from tasks.kubernetes import (
     RolloutFailedError,
     RolloutTimeoutError,
     annotate_custom_resource,
+    claim_turn,
     create_namespace,
     delete_configmaps_by_prefix,
     delete_old_replicasets,
@@ -65,6 +66,7 @@ from tasks.kubernetes import (
     read_last_known_good,
     record_last_known_good,
     release_hpa_floors,
+    release_turn,
     rollout_history,
     rollout_restart,
     rollout_status,
@@ -611,6 +613,29 @@ async def test_describe_pod_as_kubectl_describe(
     assert (c.last_termination_reason, c.last_termination_exit_code) == ("Error", 1)
     assert raw.last_state.terminated.reason == "Error" and c.limits == {}  # no limit: none reported
     assert crashed.deployment == "crasher"
+
+
+async def test_one_turn_at_a_time_on_a_deployment(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """claim_turn: of two runs one holds it, the other is told who; released, the other gets it; a turn older than
+    hold_s (its run died) is taken over; a run never releases another's."""
+    await make_deployment(admin, scratch, "demo-api", replicas=1)
+    a = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    b = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    assert (a.granted, b.granted, b.run) == (True, False, "run-a")
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    ).granted
+    assert not await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", scratch)
+    assert await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", scratch)
+    annotations = (await AppsV1Api(admin).read_namespaced_deployment("demo-api", scratch)).metadata.annotations or {}
+    assert "runbooks.io/turn.delete-pod" not in annotations  # given back: gone from the object
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    ).granted
+    stale = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-c", hold_s=0, namespace=scratch)
+    assert stale.granted and stale.run == "run-c"
 
 
 async def test_old_replicasets_clean_up(kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str) -> None:
