@@ -240,3 +240,19 @@ async def test_a_raise_stops_at_the_cap_and_past_it_asks_even_in_auto_mode(
         finally:
             await k8s.set_resources.fn(kubernetes_cluster, API, limits={"memory": "4Gi"})
             await k8s.rollout_status.fn(kubernetes_cluster, API, timeout_s=120)
+
+
+async def test_outside_the_sandbox_a_manual_run_only_describes(
+    admin_kubeconfig: Path, production_environment: str
+) -> None:
+    """An environment of kind production: a manual run (no dry_run given) is a dry run, whatever it asks for."""
+    before = revision(admin_kubeconfig)
+    pod = sorted(api_pods(admin_kubeconfig))[0]
+    state = await high_memory(  # type: ignore[call-overload]
+        environment=production_environment, pod=pod, raise_limit=True, return_state=True
+    )
+    assert state.is_completed(), state.message
+    result = await state.result()
+    [record] = result["actions"]
+    assert result["mode"] == "observe" and (record.action, record.decision) == ("raise-limit", "observed")
+    assert memory_limit(admin_kubeconfig) == "4Gi" and revision(admin_kubeconfig) == before
