@@ -863,23 +863,27 @@ class PrometheusComponent(ConfiguredComponent):
         }
 
     def _kubelet_jobs(self) -> list[dict[str, Any]]:
-        """The simulated node's kubelet ``/metrics/resource`` (container CPU and working set), over the kubelet's
-        client-certificate TLS as a cluster's Prometheus scrapes it; none when the cluster is not the sandbox's
-        own (an external kubeconfig) or its PKI is not there yet."""
+        """The simulated node's kubelet ``/metrics/resource`` (container CPU and working set) and
+        ``/metrics/cadvisor`` (memory limits), over the kubelet's client-certificate TLS as a cluster's Prometheus
+        scrapes them; none when the cluster is not the sandbox's own (an external kubeconfig) or its PKI is not
+        there yet."""
         pki = self.settings.home / "k8s" / "pki"  # KubernetesComponent.pki, which imports this module
         cert, key, ca = pki / "prometheus.crt", pki / "prometheus.key", pki / "ca.crt"
         if os.environ.get("KUBECONFIG") or not (cert.exists() and key.exists() and ca.exists()):
             return []
+        # cadvisor: the containers' memory limits (container_spec_memory_limit_bytes), which HighMemoryUsage
+        # divides the working set by (alerting/rules/memory.yml), as a cluster's Prometheus scrapes both
         return [
             {
-                "job_name": "kubelet",
+                "job_name": job,
                 "scheme": "https",
-                "metrics_path": "/metrics/resource",
+                "metrics_path": f"/metrics/{path}",
                 "tls_config": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
                 "static_configs": [
                     {"targets": [f"{self.settings.host}:{self.settings.k8s_kubelet_port}"], "labels": {"node": NODE}}
                 ],
             }
+            for job, path in (("kubelet", "resource"), ("kubelet-cadvisor", "cadvisor"))
         ]
 
     def argv(self) -> list[str]:

@@ -41,6 +41,35 @@ def test_no_secret_in_prefect_yaml() -> None:
         assert word not in text
 
 
+def test_high_memory_usage_routes_to_high_memory(tmp_path: Path) -> None:
+    """The gateway's event for a firing HighMemoryUsage (its resource names the alert, its payload the pod) is
+    matched by high-memory's trigger, by Prefect's own matching; another alert's is not (incident-triage's is)."""
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.events.schemas.events import Resource
+    from pydantic import TypeAdapter
+
+    from runbooks.gateway.models import NormalizedAlert
+    from runbooks.gateway.store import GatewayStore
+
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "high-memory"]
+    [trigger] = deployment["triggers"]
+    assert trigger["expect"] == ["runbooks.incident.opened"]
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    labels = {"alertname": "HighMemoryUsage", "namespace": "production", "pod": "api-1", "container": "api"}
+    for name, extra in (("HighMemoryUsage", labels), ("HighErrorRate", {"alertname": "HighErrorRate"})):
+        store.accept([NormalizedAlert(fingerprint=name, name=name, status="firing", labels=extra, source="test")])
+    events = {e["resource"]["runbooks.alert.name"]: e for _, e in store.due()}
+    store.close()
+    spec = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger).match  # as `prefect deploy` reads it
+    assert spec.includes([Resource.model_validate(events["HighMemoryUsage"]["resource"])])
+    assert not spec.includes([Resource.model_validate(events["HighErrorRate"]["resource"])])
+    assert events["HighMemoryUsage"]["payload"]["labels"]["pod"] == "api-1"
+    params = trigger["parameters"]
+    assert params["pod"] == "{{ event.payload.labels.pod }}" and params["dry_run"] is False
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    assert flow.name == "high-memory" and set(params) <= set(flow.parameters.properties)
+
+
 def test_verify_backup_runs_weekly_one_at_a_time() -> None:
     [deployment] = [d for d in DEPLOYMENTS if d["name"] == "verify-backup"]
     [schedule] = deployment["schedules"]

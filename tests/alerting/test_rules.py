@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "alerting" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((ROOT / "alerting" / "tests").glob("*.yml"))
 POLICY = ROOT / "tasks" / "triage" / "policy.yaml"
+MEMORY_POLICY = ROOT / "tasks" / "memory" / "policy.yaml"
 
-#: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown
-EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown"}
+#: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown, plus the seed's
+#: "Performance Issues / High Memory Usage"
+EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown", "HighMemoryUsage"}
 
 
 def _rules() -> dict[str, dict[str, object]]:
@@ -61,3 +63,12 @@ def test_thresholds_are_the_triage_policy_ones() -> None:
         match = re.search(r">\s*([0-9.]+)\s*$", str(rules[alert]["expr"]).strip())
         assert match, f"{alert}: no trailing '> threshold' in its expr"
         assert float(match.group(1)) == thresholds[key], f"{alert} and policy.yaml thresholds.{key} differ"
+
+
+def test_high_memory_fires_at_the_memory_policy_ratio() -> None:
+    """HighMemoryUsage's ratio is the memory policy's alert_ratio (one number, read by the flow's report too)."""
+    expr = str(_rules()["HighMemoryUsage"]["expr"]).strip()
+    match = re.search(r">\s*([0-9.]+)\s*$", expr)
+    assert match and float(match.group(1)) == yaml.safe_load(MEMORY_POLICY.read_text())["alert_ratio"]
+    # the limit is the container's own (cAdvisor's spec), so one rule fits pods of every size
+    assert "container_spec_memory_limit_bytes" in expr and "container_memory_working_set_bytes" in expr

@@ -40,11 +40,13 @@ from tasks.kubernetes import (
     RolloutFailedError,
     RolloutTimeoutError,
     annotate_custom_resource,
+    claim_turn,
     create_namespace,
     delete_configmaps_by_prefix,
     delete_old_replicasets,
     delete_pod,
     deployment_logs,
+    describe_pod,
     exec_in_deployment,
     exec_in_pod,
     export_custom_resources,
@@ -64,6 +66,7 @@ from tasks.kubernetes import (
     read_last_known_good,
     record_last_known_good,
     release_hpa_floors,
+    release_turn,
     rollout_history,
     rollout_restart,
     rollout_status,
@@ -578,6 +581,61 @@ async def test_delete_pod(kubernetes_cluster: KubernetesCluster, admin: ApiClien
     assert deleted.outcome == "deleted"
     gone = await delete_pod(kubernetes_cluster, "no-such-pod", scratch)
     assert gone.outcome == "already-gone"
+
+
+async def test_describe_pod_as_kubectl_describe(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """A production API pod: its limits, its owner up to the Deployment; a crash-looping one: restarts and the last
+    termination's reason and exit code, as the pod's status says (high-memory reads OOMKilled there)."""
+    (pod, *_) = await list_pods(kubernetes_cluster, label_selector="app=ai-multimodel-api")
+    described = await describe_pod(kubernetes_cluster, pod.name)
+    api = described.container()
+    assert (api.name, api.limits["memory"], api.requests["memory"]) == ("ai-multimodel-api", "4Gi", "1Gi")
+    assert described.owner is not None and described.owner.startswith("ReplicaSet/ai-multimodel-api-")
+    assert described.deployment == "ai-multimodel-api" and api.state == "Running"
+    with pytest.raises(KubernetesError, match="no container 'sidecar'"):
+        described.container("sidecar")
+
+    await make_deployment(admin, scratch, "crasher", replicas=1, behaviour="crashloop")
+
+    async def restarted() -> Any:
+        pods = await list_pods(kubernetes_cluster, scratch)
+        return pods and pods[0].restarts >= 1 and (await describe_pod(kubernetes_cluster, pods[0].name, scratch))
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while not (crashed := await restarted()):
+        assert asyncio.get_running_loop().time() < deadline, "the crashloop pod never restarted"
+        await asyncio.sleep(1)
+    c = crashed.container()
+    raw = (await CoreV1Api(admin).read_namespaced_pod(crashed.pod.name, scratch)).status.container_statuses[0]
+    assert c.restarts >= 1 and c.state.startswith("Waiting (CrashLoopBackOff")
+    assert (c.last_termination_reason, c.last_termination_exit_code) == ("Error", 1)
+    assert raw.last_state.terminated.reason == "Error" and c.limits == {}  # no limit: none reported
+    assert crashed.deployment == "crasher"
+
+
+async def test_one_turn_at_a_time_on_a_deployment(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """claim_turn: of two runs one holds it, the other is told who; released, the other gets it; a turn older than
+    hold_s (its run died) is taken over; a run never releases another's."""
+    await make_deployment(admin, scratch, "demo-api", replicas=1)
+    a = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    b = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    assert (a.granted, b.granted, b.run) == (True, False, "run-a")
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    ).granted
+    assert not await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", scratch)
+    assert await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", scratch)
+    annotations = (await AppsV1Api(admin).read_namespaced_deployment("demo-api", scratch)).metadata.annotations or {}
+    assert "runbooks.io/turn.delete-pod" not in annotations  # given back: gone from the object
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    ).granted
+    stale = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-c", hold_s=0, namespace=scratch)
+    assert stale.granted and stale.run == "run-c"
 
 
 async def test_old_replicasets_clean_up(kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str) -> None:
