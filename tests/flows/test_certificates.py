@@ -25,7 +25,7 @@ from cryptography import x509
 
 from blocks.environment import RunbookEnvironment
 from flows.certificates import certificate_check, renew_certificate
-from sandbox.certificates import BEHAVIOUR
+from sandbox.certificates import BEHAVIOUR, ISSUED_FOR, RENEW_ANNOTATION
 from sandbox.manager import Sandbox
 from tasks.certificates.check import CertificateCheck
 from tasks.certificates.policy import load_certificate_policy
@@ -139,11 +139,26 @@ async def tls(env: RunbookEnvironment, admin_kubeconfig: Path) -> AsyncIterator[
     set_behaviour(admin_kubeconfig, {})
     yield
     set_behaviour(admin_kubeconfig, {})
+    await wait_for("cert-manager done with any renewal asked for", lambda: settled(env, admin_kubeconfig))
     cert = secret_certificate(admin_kubeconfig)
     renewal = load_certificate_policy().expiry.warn_days
     if cert is None or cert.not_valid_after_utc - datetime.now(UTC) < timedelta(days=renewal + 1):
-        cert = await reissue(env, admin_kubeconfig)
-    await wait_for("the Ingress serving the Secret", lambda: served(env)[0] == serial_of(cert))
+        await reissue(env, admin_kubeconfig)
+    await wait_for("the Ingress serving the Secret", lambda: settled(env, admin_kubeconfig))
+
+
+def settled(env: RunbookEnvironment, admin_kubeconfig: Path) -> bool:
+    """The Secret issued for the Certificate's last renewal request, Ready, and served by the Ingress."""
+    secret = kubectl_secret(admin_kubeconfig)
+    certificate = json.loads(production_kubectl(admin_kubeconfig, "get", "certificate", SECRET, "-o", "json"))
+    requested = certificate["metadata"].get("annotations", {}).get(RENEW_ANNOTATION)
+    if secret is None or (requested and secret["metadata"].get("annotations", {}).get(ISSUED_FOR) != requested):
+        return False
+    conditions = (certificate.get("status") or {}).get("conditions") or []
+    if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+        return False
+    leaf = x509.load_pem_x509_certificates(base64.b64decode(secret["data"]["tls.crt"]))[0]
+    return served(env)[0] == serial_of(leaf)
 
 
 async def test_a_certificate_five_days_from_expiry_pages(
@@ -217,6 +232,7 @@ async def test_without_a_reissue_the_saved_secret_comes_back_and_the_run_fails(
     before = kubectl_secret(admin_kubeconfig)
     assert before is not None
     set_behaviour(admin_kubeconfig, {"reissue": False})
+    since = datetime.now(UTC) - timedelta(seconds=2)
 
     state = await renew_certificate(environment=TEST_ENVIRONMENT, timeout_s=4, return_state=True)
 
@@ -229,6 +245,9 @@ async def test_without_a_reissue_the_saved_secret_comes_back_and_the_run_fails(
     certificate = json.loads(production_kubectl(admin_kubeconfig, "get", "certificate", SECRET, "-o", "json"))
     ready = next(c for c in certificate["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and "switched off" in ready["message"]
+    resource = f"runbooks.certificate.{TEST_ENVIRONMENT}.production.{SECRET}"
+    [restored] = await events(["runbooks.certificate.restored"], resource, since)
+    assert restored.payload["outcome"] == "created" and restored.payload["copy"].startswith("certificates/")
 
 
 async def test_a_renewed_secret_the_ingress_does_not_serve_yet_is_flagged(
@@ -251,3 +270,23 @@ async def test_a_renewed_secret_the_ingress_does_not_serve_yet_is_flagged(
     flagged = [d for d in check.disagreements if "does not serve the Secret's one" in d]
     assert len(flagged) == 2, check.disagreements  # both hosts
     assert all(serving in d and serial_of(new) in d for d in flagged)
+
+
+async def test_outside_the_sandbox_a_renewal_is_a_dry_run_and_no_answer_is_a_denial(
+    env: RunbookEnvironment, admin_kubeconfig: Path, production_environment: str, tls: None
+) -> None:
+    before = kubectl_secret(admin_kubeconfig)
+    assert before is not None
+
+    dry = await renew_certificate(environment=production_environment, return_state=True)
+    unanswered = await renew_certificate(
+        environment=production_environment, dry_run=False, approval_timeout_s=10, return_state=True
+    )
+
+    assert dry.is_completed() and "dry run: nothing changed" in str(dry.message)
+    assert unanswered.is_completed() and "not approved: nothing changed" in str(unanswered.message)
+    record = await unanswered.aresult()
+    assert isinstance(record, ActionRecord) and record.decision == "denied" and record.outcome == "not-done"
+    after = kubectl_secret(admin_kubeconfig)
+    assert after is not None and after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["data"] == before["data"]
