@@ -26,7 +26,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import Field
 
 from blocks.environment import load_environment
-from kernel.errors import CertificateError
+from kernel.errors import CertificateError, KubernetesError
 from kernel.redact import redact_errors
 from tasks import kubernetes as k8s
 from tasks.certificates.check import CertificateCheck, certificate_resource, check_certificates, publish_check
@@ -126,7 +126,7 @@ async def renew_certificate(
     await publish_check(before)
     current = await read_tls_secret(cluster, policy.secret)
     old = parse_certificate_pem(current.certificate_pem, f"tls.crt of {policy.secret}") if current else None
-    hosts = [r.target for r in before.readings if r.source == "handshake" and r.target != "Ingresses"]
+    hosts = [r.target for r in before.readings if r.source == "handshake" and r.secret_name == policy.secret]
 
     # plan
     steps: list[str] = []
@@ -183,9 +183,9 @@ async def renew_certificate(
         )
         new = parse_certificate_pem(found.certificate_pem, f"tls.crt of {policy.secret}")
         steps.append(f"new certificate: serial {new.serial}, until {new.not_after:%Y-%m-%d %H:%M} UTC")
-    except RenewalTimeoutError as err:
-        failure = err.message
-        steps.append(f"❌ {err.message}")
+    except Exception as err:  # noqa: BLE001 - no new certificate confirmed (timeout, or the API failing): put back
+        failure = err.message if isinstance(err, RenewalTimeoutError) else describe_error(err)
+        steps.append(f"❌ {failure}")
         if saved is not None:
             try:
                 manifest = await load_secret_copy(env.backups, env.require_backup_encryption(), saved.key)
@@ -194,8 +194,12 @@ async def renew_certificate(
                 failure += f"; the saved Secret (serial {old.serial if old else '?'}) was put back from {saved.key}"
                 emit("runbooks.certificate.restored", resource, {**restored.model_dump(), "copy": saved.key})
             except Exception as restore_err:  # noqa: BLE001 - said in the failure, with where the copy is
-                failure += f"; putting the copy back failed: {describe_error(restore_err)} (copy at {saved.key})"
-                steps.append(f"❌ the kept copy could not be put back: {describe_error(restore_err)}")
+                if isinstance(restore_err, KubernetesError) and restore_err.status_code == 409:
+                    failure += f"; a Secret exists again, so the copy was not put back (it stays at {saved.key})"
+                    steps.append("the Secret exists again: the kept copy was not needed")
+                else:
+                    failure += f"; putting the copy back failed: {describe_error(restore_err)} (copy at {saved.key})"
+                    steps.append(f"❌ the kept copy could not be put back: {describe_error(restore_err)}")
     if new is not None:
         try:
             served = await wait_until_served(

@@ -41,6 +41,7 @@ class Reading(BaseModel):
     sha256: str | None = None
     level: ReadingLevel = "ok"
     detail: str = ""
+    secret_name: str | None = Field(default=None, description="a handshake's: the Secret its Ingress names for it")
 
     def row(self) -> dict[str, Any]:
         return {
@@ -200,10 +201,11 @@ async def check_certificates(env: RunbookEnvironment, environment: str, policy: 
     handshakes = []
     for (host, secret_name), result in zip(hosts, served, strict=True):
         if isinstance(result, BaseException):
-            handshakes.append(_failed("handshake", host, result))
+            handshakes.append(_failed("handshake", host, result).model_copy(update={"secret_name": secret_name}))
             continue
         assert isinstance(result, ServedCertificate)
         reading = _reading("handshake", host, result.certificate, policy, now)
+        reading.secret_name = secret_name
         reading.detail = f"at {result.address}, {reading.detail}"
         if not result.covers_host:
             reading.level = "page" if reading.level == "page" else "warn"
