@@ -125,7 +125,12 @@ async def renew_certificate(
     before = await check_certificates(env, environment, policy)
     await publish_check(before)
     current = await read_tls_secret(cluster, policy.secret)
-    old = parse_certificate_pem(current.certificate_pem, f"tls.crt of {policy.secret}") if current else None
+    old = None
+    if current is not None:
+        try:
+            old = parse_certificate_pem(current.certificate_pem, f"tls.crt of {policy.secret}")
+        except CertificateError as err:  # a broken Secret is one more reason to renew: kept, deleted, reissued
+            logger.warning("%s", err.message)
     hosts = [r.target for r in before.readings if r.source == "handshake" and r.secret_name == policy.secret]
 
     # plan

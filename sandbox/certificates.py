@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kernel import processes
-from sandbox.components import Component, ComponentStatus, wait_until
+from kernel.errors import SandboxError
+from sandbox.components import Component, ComponentStatus, port_open, wait_until
 from sandbox.config import PROJECT_DIR
 from sandbox.platform_api.deployed import client_from_kubeconfig
 
@@ -437,7 +438,7 @@ class _StandIn(Component):
     def status(self) -> ComponentStatus:
         record = self.state.get(self.name)
         if record.get("external"):
-            return ComponentStatus(self.name, True, "", "not run: the cluster is external (KUBECONFIG)")
+            return ComponentStatus(self.name, True, "(external cluster)", "not run: KUBECONFIG names the cluster")
         alive = bool(record.get("pid")) and processes.is_alive(int(record["pid"]))
         ok = alive and self.ready()
         return ComponentStatus(self.name, ok, self.address(), self.detail() if ok else f"not running; {self.log_path}")
@@ -488,6 +489,16 @@ class IngressComponent(_StandIn):
 
     def address(self) -> str:
         return f"{self.settings.host}:{self.settings.ingress_port}"
+
+    def up(self) -> None:
+        record = self.state.get(self.name)
+        mine = record.get("pid") and processes.is_alive(int(record["pid"]))
+        if not self.external() and not mine and port_open(self.settings.host, self.settings.ingress_port):
+            raise SandboxError(
+                f"ingress: port {self.settings.ingress_port} on {self.settings.host} is taken by another process",
+                hint="stop it, or set RUNBOOKS_SANDBOX_INGRESS_PORT",
+            )
+        super().up()
 
     def record(self) -> dict[str, Any]:
         return {"address": self.address()}

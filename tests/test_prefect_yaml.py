@@ -76,3 +76,14 @@ def test_weekly_maintenance_runs_on_sundays_before_verify_backup() -> None:
     assert starts + maintenance["parameters"]["window_minutes"] <= verify_starts  # its window closes first
     assert maintenance["concurrency_limit"]["limit"] == 1
     assert load_flow_from_entrypoint(str(ROOT / maintenance["entrypoint"])).name == "weekly-maintenance"
+
+
+def test_certificates_are_checked_daily_and_renewed_by_a_person() -> None:
+    [check] = [d for d in DEPLOYMENTS if d["name"] == "certificate-check"]
+    [renew] = [d for d in DEPLOYMENTS if d["name"] == "renew-certificate"]
+    [schedule] = check["schedules"]
+    minute, hour, day, month, weekday = schedule["cron"].split()
+    assert (day, month, weekday) == ("*", "*", "*") and schedule["timezone"] == "UTC" and schedule["active"] is False
+    assert "schedules" not in renew and renew["concurrency_limit"]["limit"] == 1
+    names = {load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).name for d in (check, renew)}
+    assert names == {"certificate-check", "renew-certificate"}

@@ -1,5 +1,5 @@
 """Secrets: ``kubectl get secret <tls secret>`` (its public certificate only), a Secret as a copy to keep
-(``kubectl get secret -o yaml``, as a ``SecretStr``), ``kubectl delete secret`` and putting a kept copy back.
+(``kubectl get secret -o yaml``, as a ``SecretStr``), ``kubectl delete secret`` and creating it again from a kept copy.
 
 Secret values never reach a log, a result shown in the UI, or an error: the copy is a ``SecretStr`` and the TLS
 read returns ``tls.crt`` (public) and never ``tls.key``.
@@ -51,7 +51,7 @@ class SecretDeletion(BaseModel):
 class SecretRestore(BaseModel):
     name: str
     namespace: str
-    outcome: Literal["created", "replaced"]
+    outcome: Literal["created"] = "created"
     resource_version: str
 
 
@@ -130,21 +130,12 @@ async def delete_secret(cluster: KubernetesCluster, name: str, namespace: str | 
 
 
 @once_task(persist_result=False)
-async def restore_secret(cluster: KubernetesCluster, manifest: SecretStr, *, replace: bool = False) -> SecretRestore:
-    """Create the Secret of a :class:`SecretCopy` again. One that exists meanwhile is a :class:`KubernetesError`
-    (409), unless ``replace``: then it is overwritten with the copy."""
+async def restore_secret(cluster: KubernetesCluster, manifest: SecretStr) -> SecretRestore:
+    """Create the Secret of a :class:`SecretCopy` again; one that exists meanwhile is a :class:`KubernetesError`
+    (409: it is left as it is)."""
     body = json.loads(manifest.get_secret_value())
     name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
     async with kube(cluster, f"restoring Secret {ns}/{name}") as k:
-        try:
-            created = await k.core.create_namespaced_secret(ns, body)
-            outcome: Literal["created", "replaced"] = "created"
-        except ApiException as err:
-            if err.status != 409 or not replace:
-                raise
-            current = await k.core.read_namespaced_secret(name, ns)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            created = await k.core.replace_namespaced_secret(name, ns, body)
-            outcome = "replaced"
-    run_logger().info("Secret %s/%s %s from the kept copy", ns, name, outcome)
-    return SecretRestore(name=name, namespace=ns, outcome=outcome, resource_version=created.metadata.resource_version)
+        created = await k.core.create_namespaced_secret(ns, body)
+    run_logger().info("Secret %s/%s created again from the kept copy", ns, name)
+    return SecretRestore(name=name, namespace=ns, resource_version=created.metadata.resource_version)
