@@ -34,6 +34,7 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
     )
     return RunbookEnvironment(
         kubernetes=_kubernetes(settings, state),
+        ingress_address=_ingress_address(state),
         prometheus=_prometheus(settings, state),
         kind="sandbox",
         platform=PlatformAPI(
@@ -72,6 +73,16 @@ def _prometheus(settings: SandboxSettings, state: SandboxState) -> PrometheusSer
     if not (pid and processes.is_alive(int(pid))):
         return None
     return PrometheusServer(url=settings.url(settings.prometheus_port))
+
+
+def _ingress_address(state: SandboxState) -> str | None:
+    """The Ingress stand-in's HTTPS address (sandbox/certificates.py), where it runs."""
+    from kernel import processes
+
+    record = state.get("ingress")
+    if not (record.get("pid") and processes.is_alive(int(record["pid"]))):
+        return None
+    return str(record["address"])
 
 
 def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesCluster | None:

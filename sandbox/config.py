@@ -57,6 +57,10 @@ class SandboxSettings(BaseSettings):
     k8s_kubelet_port: int = 10250
     k8s_metrics_port: int = 4443
     k8s_service_cidr: str = "127.64.0.0/16"
+    # the TLS edge (sandbox/certificates.py): the Ingress stand-in's HTTPS port, the cert-manager stand-in's
+    # certificate lifetime (none: each Certificate's spec.duration)
+    ingress_port: int = 8443
+    certificate_lifetime_s: float | None = None
     # the alerting chain: Prometheus (Debian's) -> Alertmanager (Debian's) -> the alert gateway -> Prefect
     gateway_port: int = 8102
     prometheus_port: int = 9090

@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Callable, Iterable
 
 from kernel.errors import SandboxError
+from sandbox.certificates import CertManagerComponent, IngressComponent
 from sandbox.components import (
     AlertmanagerComponent,
     Component,
@@ -32,6 +33,9 @@ COMPONENTS: tuple[type[Component], ...] = (
     PlatformComponent,
     ReceiversComponent,
     KubernetesComponent,
+    # the TLS edge of the cluster: cert-manager issues the Ingress's Secret, the Ingress stand-in serves it
+    CertManagerComponent,
+    IngressComponent,
     PrefectServerComponent,
     # the alerting chain before the worker: the worker saves the environment's blocks, and they name the
     # Prometheus that is up (sandbox.blocks.sandbox_environment)

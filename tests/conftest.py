@@ -37,7 +37,7 @@ from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
 
 TEST_ENVIRONMENT = "sandbox-test"
-SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes"]
+SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes", "cert-manager", "ingress"]
 
 
 _HANDED_OUT: set[int] = set()
@@ -224,6 +224,7 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "k8s_etcd_port": free_port(span=12),  # etcd client/peer, controller-manager +10, scheduler +11
         "k8s_kubelet_port": free_port(),
         "k8s_metrics_port": free_port(),
+        "ingress_port": free_port(),
         "gateway_port": free_port(),
         "prometheus_port": free_port(),
         "alertmanager_port": free_port(),

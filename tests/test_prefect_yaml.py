@@ -122,3 +122,14 @@ def test_slow_queries_and_database_locks_start_db_performance() -> None:
     assert trigger.match.matches(incident("SlowQueries")) and trigger.match.matches(incident("DatabaseLocks"))
     assert not trigger.match.matches(incident("ModelDown"))
     assert load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).name == "db-performance"
+
+
+def test_certificates_are_checked_daily_and_renewed_by_a_person() -> None:
+    [check] = [d for d in DEPLOYMENTS if d["name"] == "certificate-check"]
+    [renew] = [d for d in DEPLOYMENTS if d["name"] == "renew-certificate"]
+    [schedule] = check["schedules"]
+    minute, hour, day, month, weekday = schedule["cron"].split()
+    assert (day, month, weekday) == ("*", "*", "*") and schedule["timezone"] == "UTC" and schedule["active"] is False
+    assert "schedules" not in renew and renew["concurrency_limit"]["limit"] == 1
+    names = {load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).name for d in (check, renew)}
+    assert names == {"certificate-check", "renew-certificate"}

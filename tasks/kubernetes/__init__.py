@@ -20,6 +20,8 @@ failures; undo, restart and exec never retry. One module per area:
 - ``releases``: read_last_known_good, record_last_known_good (the ``runbooks.io/last-known-good`` annotation)
 - ``custom``: get_custom_resource, annotate_custom_resource (``CERTIFICATE``); ``pod_exec``: exec_in_pod,
   exec_in_deployment
+- ``secrets`` (imported from the module): read_tls_secret (tls.crt only), copy_secret (a ``SecretStr`` to keep),
+  delete_secret, restore_secret
 """
 
 from tasks.kubernetes.autoscaling import (

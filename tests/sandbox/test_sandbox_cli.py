@@ -252,6 +252,7 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "gateway_port",
         "prometheus_port",
         "alertmanager_port",
+        "ingress_port",
     ):
         env[f"RUNBOOKS_SANDBOX_{field.upper()}"] = str(getattr(settings, field))
 

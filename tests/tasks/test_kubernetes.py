@@ -80,6 +80,7 @@ from tasks.kubernetes import (
 )
 from tasks.kubernetes._api import kube
 from tasks.kubernetes.custom import CustomResourceType
+from tasks.kubernetes.secrets import copy_secret, delete_secret, read_tls_secret, restore_secret
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")
 
@@ -711,3 +712,35 @@ async def test_annotate_certificate(kubernetes_cluster: KubernetesCluster, admin
     assert removed.changed and key not in removed.annotations
     cert = await get_custom_resource(kubernetes_cluster, CERTIFICATE, "ai-multimodel-tls", scratch)
     assert key not in cert.annotations and cert.spec["dnsNames"] == ["x.example"]
+
+
+async def test_tls_secret_read_copied_deleted_and_created_again(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """The renewal's Secret steps (tasks/kubernetes/secrets.py): the certificate is read and the key never is, the
+    copy shows nothing, a delete is idempotent, the copy creates the same Secret again and never overwrites one."""
+    crt = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = b"-----BEGIN PRIVATE KEY-----\nsecret-key-material\n-----END PRIVATE KEY-----\n"
+    data = {"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()}
+    await CoreV1Api(admin).create_namespaced_secret(
+        scratch,
+        {"metadata": {"name": "edge-tls", "annotations": {"a": "b"}}, "type": "kubernetes.io/tls", "data": data},
+    )
+    read = await read_tls_secret.fn(kubernetes_cluster, "edge-tls", scratch)
+    assert read is not None and read.certificate_pem == crt.decode() and read.has_key and read.annotations == {"a": "b"}
+    assert "secret-key-material" not in read.model_dump_json()
+    assert await read_tls_secret.fn(kubernetes_cluster, "missing-tls", scratch) is None
+
+    copy = await copy_secret.fn(kubernetes_cluster, "edge-tls", scratch)
+    assert data["tls.key"] not in repr(copy) and data["tls.key"] not in copy.model_dump_json()
+    assert [(await delete_secret.fn(kubernetes_cluster, "edge-tls", scratch)).outcome for _ in range(2)] == [
+        "deleted",
+        "already-gone",
+    ]
+    restored = await restore_secret.fn(kubernetes_cluster, copy.manifest)
+    assert restored.outcome == "created"
+    again = await CoreV1Api(admin).read_namespaced_secret("edge-tls", scratch)
+    assert again.data == data and again.type == "kubernetes.io/tls" and again.metadata.annotations == {"a": "b"}
+    with pytest.raises(KubernetesError) as err:
+        await restore_secret.fn(kubernetes_cluster, copy.manifest)
+    assert err.value.status_code == 409
