@@ -91,6 +91,17 @@ class RecoveryPlan(BaseModel):
             f"Backup `{self.backup_prefix}` ({self.backup_choice}), snapshot {self.snapshot_at:%Y-%m-%d %H:%M:%S} UTC.",
             "",
         ]
+        held = []
+        if self.expected_rows:
+            held.append(f"PostgreSQL: {len(self.expected_rows)} tables, {sum(self.expected_rows.values())} rows")
+        if self.expected_redis_keys is not None:
+            held.append(f"Redis: {self.expected_redis_keys} keys in db {self.redis_source_db}")
+        if self.source_namespace:
+            held.append(
+                f"Kubernetes namespace {self.source_namespace}: {len(self.objects)} objects to restore, "
+                f"{len(self.left_out)} left out"
+            )
+        lines += ["The backup holds: " + ("; ".join(held) or "nothing this recovery can restore"), ""]
         if self.refused:
             lines += ["## ⛔ Refused: nothing will change", ""] + [f"- {r}" for r in self.refused] + [""]
         lines += [

@@ -19,9 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect import get_run_logger
 
@@ -41,7 +40,7 @@ from tasks.backup.restore import (
 )
 from tasks.backup.retention import list_backups
 from tasks.backup.verify import drop_database
-from tasks.dr.data import count_redis_keys, database_exists, flush_redis_database, redis_db_of, restore_redis
+from tasks.dr.data import count_redis_keys, database_exists, flush_redis_database, restore_redis
 from tasks.dr.manifests import secret_names, secrets_for
 from tasks.dr.plan import (
     Action,
@@ -59,8 +58,6 @@ from tasks.kubernetes.namespaces import create_namespace
 from tasks.kubernetes.restore import RESTORABLE, apply_objects, apply_secrets, list_restorable, read_namespace_labels
 from tasks.reporting import describe_error, start_progress, update_progress
 from tasks.smoke import run_smoke_suite
-
-T = TypeVar("T")
 
 
 def admin_block(db: PostgresDatabase) -> PostgresDatabase:
@@ -403,16 +400,11 @@ async def teardown(target: RecoveryTarget, policy: DrPolicy, report: DrReport) -
     return problems
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
 __all__ = [
     "RecoveryTarget",
     "admin_block",
     "build_plan",
     "choose_backup",
-    "redis_db_of",
     "restore",
     "teardown",
     "verify",

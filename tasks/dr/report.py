@@ -71,6 +71,7 @@ class DrReport(BaseModel):
         self.created += result.created
         self.replaced += result.replaced
         self.existing_left += result.skipped_existing
+        self.skipped += [f"{label}: its kind is not served by the target cluster" for label in result.not_served]
 
     def to_markdown(self) -> str:
         icon = {"running": "⏳", "completed": "✅", "failed": "❌", "refused": "⛔", "dry-run": "🧪"}[self.status]

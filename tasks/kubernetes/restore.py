@@ -45,6 +45,7 @@ class ApplyResult(BaseModel):
     created: list[str] = Field(default_factory=list)
     replaced: list[str] = Field(default_factory=list)
     skipped_existing: list[str] = Field(default_factory=list, description="existed and overwrite was off")
+    not_served: list[str] = Field(default_factory=list, description="the cluster does not serve the kind (no CRD)")
 
 
 class ServiceSwitch(BaseModel):
@@ -105,6 +106,9 @@ async def _apply(k: Kube, namespace: str, objects: list[dict[str, Any]], overwri
             result.created.append(label)
             continue
         except ApiException as err:
+            if err.status == 404 and kind == "Certificate":  # cert-manager not installed in the target cluster
+                result.not_served.append(label)
+                continue
             if err.status != 409:
                 raise
         if not overwrite:

@@ -1,6 +1,7 @@
 """disaster-recovery and dr-drill against the sandbox's real Kubernetes API server, PostgreSQL, Redis and S3, into the
 recovery target (a second PostgreSQL and a second redis-server, ``recovery_environment``), from a backup taken here.
-Effects are checked with the clients a user would use: kubectl, psql, redis-cli."""
+Effects are checked with the clients a user would use: kubectl, psql, redis-cli. The backup's Secrets never in clear:
+test_backup checks the stored objects; here the artifacts, the events and the run's logs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import aresume_flow_run
@@ -221,12 +229,16 @@ async def test_full_recovery_then_approved_switch_sends_production_to_recovery_p
     assert event.payload["rta_s"] == report.rta_s and event.payload["rpo_s"] == report.rpo_s
     assert set(event.payload["phases"]) >= {"preflight", "kubernetes", "postgres", "redis", "verify", "switch"}
     preflight = await artifact(f"dr-preflight-{TEST_ENVIRONMENT}")
+    async with get_client() as client:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+    log_text = "\n".join(entry.message for entry in logs)
+    assert "Recovery verified" in log_text  # the run's logs were read
     for data in originals.values():
         for value in data.values():
             clear = base64.b64decode(value).decode(errors="replace")
             if len(clear) < 12:  # POSTGRES_USER=postgres is a word the report uses: only real secrets
                 continue
-            for text in (markdown, preflight, json.dumps(event.payload)):
+            for text in (markdown, preflight, json.dumps(event.payload), log_text):
                 assert value not in text and clear not in text
 
 
