@@ -289,7 +289,10 @@ async def restore(
                 await flush_redis_database(target.redis)
                 report.replaced.append(f"Redis {target.redis.safe_address} ({plan.redis_existing_keys} keys flushed)")
             [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
-            report.redis_restored_keys = await restore_redis(rdb, target.redis, source_db=info.db)
+            copied = await restore_redis(rdb, target.redis, source_db=info.db)
+            report.redis_restored_keys, report.redis_expired_keys = copied.restored, copied.expired
+            if copied.expired:
+                report.notes.append(f"Redis: {copied.expired} key(s) of the backup had expired since: not restored")
             report.redis_touched = True
             await progress.step(f"Redis db {info.db} of the backup into {target.redis.safe_address}")
 
@@ -353,11 +356,12 @@ async def verify(
             failures.append(describe_error(err))
     if plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None:
         report.redis_keys = await count_redis_keys(target.redis)
+        expired = report.redis_expired_keys or 0
         allowed = int(plan.expected_redis_keys * policy.redis_key_tolerance)
-        if abs(report.redis_keys - plan.expected_redis_keys) > allowed:
+        if abs(report.redis_keys + expired - plan.expected_redis_keys) > allowed:
             failures.append(
-                f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s), the manifest says "
-                f"{plan.expected_redis_keys} (db {plan.redis_source_db} of the backup)"
+                f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (+{expired} expired since the "
+                f"backup), the manifest says {plan.expected_redis_keys} (db {plan.redis_source_db} of the backup)"
             )
     smoke = await run_smoke_suite(target.env.platform, target.environment)
     report.smoke = smoke.summary()

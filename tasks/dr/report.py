@@ -53,6 +53,7 @@ class DrReport(BaseModel):
     database_created: bool = False
     redis_touched: bool = False
     redis_restored_keys: int | None = None
+    redis_expired_keys: int | None = Field(default=None, description="keys whose TTL passed since the backup")
     deployments: dict[str, str] = Field(default_factory=dict)
     restored_rows: dict[str, int | None] = Field(default_factory=dict)
     redis_keys: int | None = None
@@ -117,7 +118,10 @@ class DrReport(BaseModel):
         if self.restored_rows:
             lines += [f"Row counts: {len(self.restored_rows)} table(s) checked against the manifest.", ""]
         if self.redis_keys is not None:
-            lines += [f"Redis keys after the restore: {self.redis_keys}.", ""]
+            expired = (
+                f" ({self.redis_expired_keys} more had expired since the backup)" if self.redis_expired_keys else ""
+            )
+            lines += [f"Redis keys after the restore: {self.redis_keys}{expired}.", ""]
         if self.smoke:
             lines += [f"Smoke suite against the recovery environment: {self.smoke}", ""]
         if self.switch_approved is not None:
