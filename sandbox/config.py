@@ -42,6 +42,14 @@ class SandboxSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_port: int = 6390
     redis_size: str = "5MB"
+    # the disaster-recovery target: a second PostgreSQL server (the sandbox's own cluster) and a second Redis
+    recovery_postgres_port: int = 5442
+    recovery_redis_port: int = 6391
+    recovery_namespace: str = "production-recovery"
+    # the recovery PostgreSQL's directory (data in main/, its socket and log beside it); default <home>/recovery-pg.
+    # Run as root, the cluster runs as the postgres OS user, which loses its files when a parent is reset to 0700
+    # (every pytest start does that to /tmp/pytest-of-<user>): the tests put it in a tempfile.mkdtemp
+    recovery_postgres_dir: Path | None = None
     seed: int = 42
     s3_port: int = 9100
     bucket: str = "ai-multimodel-backups"

@@ -18,6 +18,8 @@ from sandbox.components import (
     PrefectWorkerComponent,
     PrometheusComponent,
     ReceiversComponent,
+    RecoveryPostgresComponent,
+    RecoveryRedisComponent,
     RedisComponent,
     S3Component,
 )
@@ -29,6 +31,8 @@ from sandbox.k8s.controlplane import KubernetesComponent
 COMPONENTS: tuple[type[Component], ...] = (
     PostgresComponent,
     RedisComponent,
+    RecoveryPostgresComponent,
+    RecoveryRedisComponent,
     S3Component,
     PlatformComponent,
     ReceiversComponent,

@@ -38,6 +38,8 @@ from sandbox.manager import Sandbox  # noqa: E402
 
 TEST_ENVIRONMENT = "sandbox-test"
 SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes", "cert-manager", "ingress"]
+#: the disaster-recovery target (a second PostgreSQL and a second Redis): started only by ``recovery_environment``
+RECOVERY_SERVICES = ["recovery-postgres", "recovery-redis"]
 
 
 _HANDED_OUT: set[int] = set()
@@ -216,6 +218,8 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "redis_url": redis_url,
         "redis_size": "1MB",
         "redis_port": free_port(),
+        "recovery_postgres_port": free_port(),
+        "recovery_redis_port": free_port(),
         "s3_port": free_port(),
         "platform_port": free_port(),
         "receivers_port": free_port(),
@@ -341,3 +345,32 @@ async def fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> 
             return
         assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
         await asyncio.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def recovery_environment(sandbox: Sandbox) -> Iterator[str]:
+    """The disaster-recovery target, started for the tests that ask for it: a second PostgreSQL (a cluster of the
+    sandbox's own, its directory in a ``tempfile.mkdtemp``, outside pytest's tmp dir) and a second redis-server,
+    on free ports, and the ``<environment>-recovery`` environment block pointing at them. Yields the block's name;
+    stopped and deleted at the end of the session."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from blocks.registry import save_environment
+    from sandbox.blocks import recovery_environment as recovery_block
+    from sandbox.blocks import recovery_environment_name
+
+    root = Path(tempfile.mkdtemp(prefix="rb-recovery-pg-"))
+    settings = sandbox.settings.model_copy(update={"recovery_postgres_dir": root})
+    box = Sandbox(settings)
+    try:
+        box.up(RECOVERY_SERVICES)
+        env = recovery_block(settings, box.state)
+        assert env is not None, "the recovery target did not come up"
+        name = recovery_environment_name(settings)
+        asyncio.run(save_environment(env, name))
+        yield name
+    finally:
+        box.down(RECOVERY_SERVICES)
+        shutil.rmtree(root, ignore_errors=True)

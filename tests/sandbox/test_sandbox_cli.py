@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -241,6 +243,8 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "postgres_size",
         "redis_url",
         "redis_size",
+        "recovery_postgres_port",
+        "recovery_redis_port",
         "s3_port",
         "platform_port",
         "receivers_port",
@@ -255,6 +259,9 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         "ingress_port",
     ):
         env[f"RUNBOOKS_SANDBOX_{field.upper()}"] = str(getattr(settings, field))
+    # the recovery PostgreSQL runs as the postgres OS user: its directory outside pytest's tmp dir (see conftest)
+    recovery_pg = Path(tempfile.mkdtemp(prefix="rb-cli-recovery-pg-"))
+    env["RUNBOOKS_SANDBOX_RECOVERY_POSTGRES_DIR"] = str(recovery_pg)
 
     def runbooks(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -326,11 +333,13 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
         release_postgres(settings, postgres)
         with redis.Redis.from_url(settings.redis_url) as client:
             client.flushdb()
+        shutil.rmtree(recovery_pg, ignore_errors=True)
     assert down.returncode == 0, down.stderr
     assert not any(processes.is_alive(pid) for pid in pids)
     assert _processes_holding(settings.home) == []
     for port in (
         *(settings.s3_port, settings.platform_port, settings.receivers_port, settings.prefect_port),
         *(settings.gateway_port, settings.alertmanager_port, settings.prometheus_port),
+        *(settings.recovery_postgres_port, settings.recovery_redis_port),
     ):
         assert not port_open("127.0.0.1", port)
