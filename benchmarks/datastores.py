@@ -20,7 +20,15 @@ raw_s               the raw tool for the same questions: ``psql -c`` with the se
 client p99          a client on its own connection, open loop at ``--rate`` operations a second (a latency counts from
                     when the operation was due): primary-key SELECTs / GETs of random string keys. Its p99 over
                     ``--phase-s`` seconds alone (baseline), then while the diagnostics run back to back for
-                    ``--phase-s`` seconds; the ratio is what the issue bounds (<= 1.5).
+                    ``--phase-s`` seconds; the ratio is what the issue bounds (<= 1.5). The client runs in a
+                    process of its own pinned to the last CPU, the diagnostics (this process, its threads) to the
+                    others (``cpus``; the servers unpinned); the CPU seconds of each (``client_cpu_s``,
+                    ``diagnostics_cpu_s``) and the load average before and after (``load_average``);
+server_baseline,    what the server itself saw in each phase, to tell a stalled server from a busy machine:
+server_during       PostgreSQL's pg_stat_statements (the client's statement's mean and max execution time, the
+                    statements that ran longest); Redis's INFO commandstats ``usec_per_call`` (the client's GET, the
+                    scan's SCAN, PTTL, MEMORY USAGE, TYPE), SLOWLOG (commands over 1 ms) and LATENCY LATEST (events
+                    over 2 ms). A client p99 far above the server's own figures is time spent outside the server.
 
 And ``lock_to_cancel_s``: a session holding a row lock with a waiter behind it, and db-performance's steps (sessions,
 blocking tree, plan with the policy's thresholds, cancel) run once a second as in auto mode, from the chain's start
@@ -39,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -96,6 +105,9 @@ SEED_SQL = (
 CLIENT = r"""
 import json, os, random, sys, time
 kind, url, rate, stop, keys = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+cpus = json.loads(sys.argv[6])
+if cpus:
+    os.sched_setaffinity(0, cpus)
 if kind == "postgres":
     import psycopg
     conn = psycopg.connect(url, autocommit=True)
@@ -119,8 +131,16 @@ while not os.path.exists(stop):
         errors += 1
     out.append((due, time.time() - due))
     due += interval
-print(json.dumps({"latencies": out, "errors": errors}))
+t = os.times()
+print(json.dumps({"latencies": out, "errors": errors, "cpu_s": round(t.user + t.system, 3)}))
 """
+
+
+def split_cpus() -> tuple[list[int], list[int]]:
+    """The client's CPU and the diagnostics' (this process's) CPUs: the last allowed CPU for the client, the others
+    for the diagnostics, where there are at least two (the servers are left unpinned)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[-1:], cpus[:-1]) if len(cpus) >= 2 else ([], cpus)
 
 
 @dataclass
@@ -133,8 +153,10 @@ class Client:
     keys: Any
     rate: float
     workdir: Path
+    cpus: list[int] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)
     errors: int = 0
+    cpu_s: float = 0.0
     _proc: subprocess.Popen[str] | None = None
 
     @property
@@ -144,7 +166,8 @@ class Client:
     def start(self) -> None:
         self._stop.unlink(missing_ok=True)
         argv = [sys.executable, "-c", CLIENT, self.kind, self.url, str(self.rate), str(self._stop)]
-        self._proc = subprocess.Popen([*argv, json.dumps(self.keys)], stdout=subprocess.PIPE, text=True)
+        argv += [json.dumps(self.keys), json.dumps(self.cpus)]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         if self._proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {self.kind} client did not start")
@@ -156,6 +179,7 @@ class Client:
         self._proc.wait(30)
         self.latencies = [(due, lat) for due, lat in out["latencies"]]
         self.errors = out["errors"]
+        self.cpu_s = out["cpu_s"]
 
     def p99_ms(self, start: float, end: float) -> float | None:
         window = sorted(lat for due, lat in self.latencies if start <= due < end)
@@ -168,28 +192,64 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
+@dataclass
+class ServerSide:
+    """What the server itself saw in a phase: ``reset()`` at the phase's start, ``read()`` at its end."""
+
+    reset: Callable[[], None]
+    read: Callable[[], dict[str, Any]]
+
+
+def pin(cpus: Any) -> None:
+    """Every thread of this process on ``cpus`` (threads started later inherit it from their starter)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that has just ended
+
+
+def _cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 async def measure(
-    client: Client, diagnose: Callable[[], Any], phase_s: float, raw: Callable[[], None]
+    client: Client, diagnose: Callable[[], Any], phase_s: float, raw: Callable[[], None], server: ServerSide
 ) -> dict[str, Any]:
     """Baseline, the diagnostics once, back to back for ``phase_s``, then the raw tool once (wall clock: the client
-    stamps its operations with ``time.time()`` in its own process)."""
+    stamps its operations with ``time.time()`` in its own process). The client runs pinned to one CPU and this
+    process (the diagnostics and their threads) to the others, where there are two; the server's own figures of
+    each phase come from ``server``."""
+    client_cpus, own_cpus = split_cpus()
+    client.cpus = client_cpus
+    allowed = os.sched_getaffinity(0)
     client.start()
+    load = [os.getloadavg()[0]]
     try:
+        pin(own_cpus)
+        server.reset()
         base_start = time.time()
         await asyncio.sleep(phase_s)
         base_end = time.time()
+        server_baseline = server.read()
         t = time.perf_counter()
         await diagnose()
         once_s = time.perf_counter() - t
-        start, runs = time.time(), 0
+        server.reset()
+        cpu, start, runs = _cpu_s(), time.time(), 0
         while time.time() - start < phase_s:
             await diagnose()
             runs += 1
         end = time.time()
+        own_cpu_s = _cpu_s() - cpu
+        server_during = server.read()
+        load.append(os.getloadavg()[0])
         t = time.perf_counter()
         await asyncio.to_thread(raw)
         raw_s = time.perf_counter() - t
     finally:
+        pin(allowed)
         client.finish()
     baseline, during = client.p99_ms(base_start, base_end), client.p99_ms(start, end)
     return {
@@ -200,6 +260,12 @@ async def measure(
         "client_p99_during_ms": during,
         "client_p99_ratio": ratio(during, baseline),
         "client_errors": client.errors,
+        "client_cpu_s": client.cpu_s,
+        "diagnostics_cpu_s": round(own_cpu_s, 3),
+        "cpus": {"client": client_cpus, "diagnostics": own_cpus},
+        "load_average": load,
+        "server_baseline": server_baseline,
+        "server_during": server_during,
     }
 
 
@@ -229,6 +295,43 @@ def wait_for_sleep(dsn: str, pid: int) -> None:
         query = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
         while (found := conn.execute(query, (pid,)).fetchone()) is None or found[0] != "PgSleep":
             time.sleep(0.02)
+
+
+CLIENT_SQL = "SELECT id, model FROM ai_queries WHERE id = $1"
+
+
+def postgres_server_side(dsn: str) -> ServerSide:
+    """pg_stat_statements of a phase: the client's statement's execution time on the server (mean, max), and the
+    statements that ran longest (which query of the diagnostics holds the server)."""
+
+    def reset() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+    def read() -> dict[str, Any]:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT query, calls, mean_exec_time, max_exec_time, total_exec_time FROM pg_stat_statements"
+                " WHERE query NOT ILIKE '%%pg_stat_statements%%' ORDER BY total_exec_time DESC"
+            ).fetchall()
+        mine = [r for r in rows if r[0] == CLIENT_SQL]
+        return {
+            "client_calls": mine[0][1] if mine else 0,
+            "client_mean_ms": round(mine[0][2], 3) if mine else None,
+            "client_max_ms": round(mine[0][3], 3) if mine else None,
+            "top_statements": [
+                {
+                    "query": " ".join(r[0].split())[:90],
+                    "calls": r[1],
+                    "mean_ms": round(r[2], 3),
+                    "max_ms": round(r[3], 3),
+                }
+                for r in rows
+                if r[0] != CLIENT_SQL
+            ][:5],
+        }
+
+    return ServerSide(reset, read)
 
 
 async def lock_to_cancel(db: PostgresDatabase, dsn: str) -> float:
@@ -333,7 +436,7 @@ async def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, A
 
         say("PostgreSQL: baseline, db-diagnostics, psql ...")
         client = Client("postgres", dsn, max_id, args.rate, workdir)
-        figures = await measure(client, diagnose, args.phase_s, raw)
+        figures = await measure(client, diagnose, args.phase_s, raw, postgres_server_side(dsn))
         say("PostgreSQL: lock chain to cancel ...")
         figures["lock_to_cancel_s"] = await lock_to_cancel(db, dsn)
         return {**figures, "database_bytes": data["bytes"], "fill_s": data["fill_s"]}
@@ -342,6 +445,49 @@ async def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, A
 
 
 # -------------------------------------------------------------------------------------------------------- Redis
+
+
+#: the commands whose server time is reported: the client's GET, and what the diagnostics send
+REDIS_COMMANDS = ("get", "scan", "pttl", "memory|usage", "type", "info", "client|list", "dbsize", "ping")
+
+
+def redis_server_side(server: BenchRedis) -> ServerSide:
+    """The server's own figures of a phase: INFO commandstats' usec_per_call (the client's GET, the scan's
+    commands), SLOWLOG (commands over 1 ms) and LATENCY LATEST (events over 2 ms)."""
+
+    def reset() -> None:
+        r = server.client()
+        r.config_set("slowlog-log-slower-than", 1000)
+        r.config_set("latency-monitor-threshold", 2)
+        r.slowlog_reset()
+        r.execute_command("LATENCY", "RESET")
+        r.config_resetstat()
+
+    def read() -> dict[str, Any]:
+        r = server.client()
+        stats = r.info("commandstats")
+        slow = r.slowlog_get(128)
+        latest = r.execute_command("LATENCY", "LATEST")
+        return {
+            "usec_per_call": {
+                c: float(stats[f"cmdstat_{c}"]["usec_per_call"]) for c in REDIS_COMMANDS if f"cmdstat_{c}" in stats
+            },
+            "calls": {c: int(stats[f"cmdstat_{c}"]["calls"]) for c in REDIS_COMMANDS if f"cmdstat_{c}" in stats},
+            "slowlog_over_1ms": len(slow),
+            "slowlog_max_us": max((int(e["duration"]) for e in slow), default=0),
+            "slowlog_commands": sorted({_first(e["command"]) for e in slow})[:8],
+            "latency_latest_max_ms": {_text(e[0]): int(e[3]) for e in latest},
+        }
+
+    return ServerSide(reset, read)
+
+
+def _text(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def _first(command: Any) -> str:
+    return _text(command).split(" ", 1)[0].lower()
 
 
 async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -372,7 +518,8 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             subprocess.run([cli, "-u", server.url, "INFO", "all"], check=True, capture_output=True, timeout=60)
 
         say("Redis: baseline, redis-diagnostics, redis-cli ...")
-        figures = await measure(Client("redis", server.url, keys, args.rate, workdir), diagnose, args.phase_s, raw)
+        client = Client("redis", server.url, keys, args.rate, workdir)
+        figures = await measure(client, diagnose, args.phase_s, raw, redis_server_side(server))
         return {**figures, **result, "used_memory": server.used_memory(), "fill_s": fill_s}
     finally:
         server.stop(keep=False)
@@ -414,6 +561,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{system:9} diagnostics {r['diagnostics_s']} s (raw tool {r['raw_s']} s); client p99 "
                 f"{r['client_p99_baseline_ms']} -> {r['client_p99_during_ms']} ms (x{r['client_p99_ratio']})"
                 + (f"; lock chain to cancel {r['lock_to_cancel_s']} s" if "lock_to_cancel_s" in r else "")
+            )
+            say(
+                f"{system:9} server side, baseline -> during: {json.dumps(r['server_baseline'])} -> "
+                f"{json.dumps(r['server_during'])}; load average {r['load_average']}"
             )
     print(json.dumps(result))
     return 0

@@ -36,12 +36,17 @@ class ScanBounds(Strict):
     max_seconds: float = Field(gt=0, le=600)
     max_latency_ms: float = Field(gt=0)
     backoff_ms: float = Field(ge=0, le=5000)
+    #: after each SCAN batch, a pause of ``pace`` times the probe's last PING round trip (capped at ``backoff_ms``):
+    #: the scan takes at most about 1 / (1 + pace) of the server's time when the server is slow, little when fast
+    pace: float = Field(default=0.0, ge=0, le=100)
 
 
 class BigKeys(Strict):
     sample_every: int = Field(ge=1)
     max_samples: int = Field(ge=0)
     top: int = Field(ge=1, le=100)
+    #: MEMORY USAGE's SAMPLES: the elements of an aggregate it reads to estimate its size (Redis's default is 5)
+    memory_samples: int = Field(default=5, ge=1, le=1000)  # never 0: that reads every element
 
 
 class LatencySampling(Strict):
@@ -100,6 +105,8 @@ class PostgresLimits(Strict):
     min_cache_hit_ratio: float = Field(ge=0, le=1)
     long_running_s: float = Field(gt=0)
     idle_in_transaction_s: float = Field(gt=0)
+    #: a statement whose mean execution time is above this is a slow one (the seed's ``mean_exec_time > 1000``)
+    slow_query_mean_ms: float = Field(default=1000, gt=0)
 
 
 class PostgresReads(Strict):

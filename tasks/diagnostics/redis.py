@@ -355,7 +355,8 @@ async def scan_keyspace(
     Keys matching no pattern are counted under their prefix (``<prefix>:*``). SCAN may return a key twice; each
     is counted once. The walk stops at ``bounds.max_keys`` keys or ``bounds.max_seconds`` and then says so
     (``complete`` false, ``stopped_because``); it sleeps ``bounds.backoff_ms`` before the next call while the
-    PING probe beside it sees more than ``bounds.max_latency_ms``.
+    PING probe beside it sees more than ``bounds.max_latency_ms``, and ``bounds.pace`` times the probe's last
+    round trip after every batch.
     """
     counts: dict[str, PatternCount] = {
         p.name: PatternCount(name=p.name, match=p.match, expect_ttl=p.expect_ttl, ttl=dict.fromkeys(TTL_BUCKETS, 0))
@@ -410,7 +411,7 @@ async def scan_keyspace(
                 if memory:
                     sizes = client.pipeline(transaction=False)
                     for name, _ in memory:
-                        sizes.memory_usage(name)
+                        sizes.memory_usage(name, samples=big_keys.memory_samples)
                         sizes.type(name)
                     answers = await sizes.execute()
                     for (name, group), size, kind in zip(memory, answers[::2], answers[1::2], strict=True):
@@ -419,6 +420,8 @@ async def scan_keyspace(
                             sampled.append(BigKey(key=name, type=kind_text, bytes=int(size), pattern=group))
             if cursor == 0:
                 break
+            if bounds.pace and probe.last_ms:  # a pause that follows the server's latency: gentler when it is slow
+                await asyncio.sleep(min(bounds.backoff_ms, bounds.pace * probe.last_ms) / 1000)
             if len(seen) >= bounds.max_keys:
                 stopped = f"stopped at {len(seen)} keys (max_keys {bounds.max_keys})"
                 break

@@ -17,6 +17,7 @@ from blocks.environment import RunbookEnvironment
 from kernel.errors import PrometheusError
 from tasks import kubernetes as k8s
 from tasks.diagnostics.policy import load_policy as load_diagnostics_policy
+from tasks.diagnostics.postgres import read_slow_queries
 from tasks.diagnostics.redis import sample_latency
 from tasks.platform import check_health, fetch_metrics, list_models
 from tasks.postgres import check_postgres
@@ -29,6 +30,8 @@ from tasks.triage.policy import TriagePolicy
 ENRICHER_TIMEOUT_S = 10.0
 #: the Redis latency sampling of a triage is at most this long (the diagnostics policy's may be longer)
 REDIS_LATENCY_S = 2.0
+#: the slow queries a triage reads from pg_stat_statements (db-diagnostics reads the policy's ``reads.top``)
+SLOW_QUERIES_TOP = 5
 
 
 class Finding(BaseModel):
@@ -220,6 +223,32 @@ async def enrich_redis_latency(env: RunbookEnvironment, policy: TriagePolicy) ->
     )
 
 
+async def enrich_slow_queries(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
+    """The seed's ``pg_stat_statements`` query for a slow platform: the :data:`SLOW_QUERIES_TOP` statements of the
+    application's database by total execution time (db-diagnostics' read, its literals removed), judged on the
+    diagnostics policy's ``limits.slow_query_mean_ms``. Without the extension, says how to enable it."""
+    limit_ms = load_diagnostics_policy().postgres.limits.slow_query_mean_ms
+    slow = await read_slow_queries(env.postgres, top=SLOW_QUERIES_TOP)
+    if not slow.installed:
+        return Finding(
+            enricher="slow_queries", ok=True, title="slow queries: pg_stat_statements not available", detail=slow.detail
+        )
+    over = [q for q in slow.queries if q.mean_ms > limit_ms]
+    top = slow.queries[0] if slow.queries else None
+    return Finding(
+        enricher="slow_queries",
+        ok=not over,
+        title=f"{len(over)} slow query pattern(s) over {limit_ms:g} ms mean"
+        + (f"; top {top.total_ms:.0f} ms in {top.calls} calls" if top else "; no statements recorded"),
+        detail="\n".join(f"{q.mean_ms:.1f} ms x {q.calls}: {q.query[:160]}" for q in slow.queries[:3])
+        + f"\n({slow.detail}; slow over {limit_ms:g} ms mean)",
+        facts={
+            "slow_queries_over_limit": len(over),
+            "slow_query_top_mean_ms": max((q.mean_ms for q in slow.queries), default=None),
+        },
+    )
+
+
 async def enrich_provider_latency(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
     """Response time per provider (the models' own figures, ``/api/v1/models``): which provider is slow. A provider
     whose models answer slower on average than the policy's p95 limit is a slow one."""
@@ -266,8 +295,11 @@ KUBERNETES_ENRICHERS: list[Enricher] = [
     enrich_error_logs,
     enrich_ingress,
 ]
-#: what one alert adds to every triage's: a slow platform looks at Redis's latency and at each provider's
-ALERT_ENRICHERS: dict[str, list[Enricher]] = {"HighResponseTime": [enrich_redis_latency, enrich_provider_latency]}
+#: what one alert adds to every triage's: a slow platform looks at its slow queries, Redis's latency and each
+#: provider's
+ALERT_ENRICHERS: dict[str, list[Enricher]] = {
+    "HighResponseTime": [enrich_slow_queries, enrich_redis_latency, enrich_provider_latency]
+}
 #: what "resolved" re-reads: the figures the alert is about
 SMOKE_ENRICHERS: list[Enricher] = [enrich_health, enrich_metrics, enrich_models]
 

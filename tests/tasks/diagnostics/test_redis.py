@@ -52,7 +52,7 @@ def loaded_redis(spare_redis: RedisDatabase) -> RedisDatabase:
     for i in range(CACHE):
         pipe.set(f"cache:model:gpt-4:{i:08x}", "x" * 40, ex=600 + i % 20_000)
     for i in range(RATELIMITS):
-        pipe.set(f"ratelimit:key{i}", i, ex=30)
+        pipe.set(f"ratelimit:key{i}", i, ex=55)  # under a minute, yet not gone before a slow fill ends
     for i in range(OTHER):
         pipe.set(f"job:{i}", "queued")
     pipe.set("cache:model:gpt-4:big", "y" * 200_000, ex=3600)  # the big key

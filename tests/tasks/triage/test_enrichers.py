@@ -148,7 +148,7 @@ async def test_only_high_response_time_adds_the_latency_enrichers(monkeypatch: p
     env = cast(RunbookEnvironment, type("Env", (), {"kubernetes": None})())
     for alert in ("HighResponseTime", "ModelDown"):
         await enrichers.diagnose(env, load_policy(), alert)
-    added = {"enrich_redis_latency", "enrich_provider_latency"}
+    added = {"enrich_slow_queries", "enrich_redis_latency", "enrich_provider_latency"}
     assert added <= set(ran["HighResponseTime"]) and not added & set(ran["ModelDown"])
 
 
@@ -169,3 +169,49 @@ async def test_redis_latency_is_sampled_and_judged_on_the_diagnostics_policy(
     strict.redis.latency.max_p99_ms = 1e-6  # no round trip is that fast: judged slow
     monkeypatch.setattr(enrichers, "load_diagnostics_policy", lambda: strict)
     assert not (await enrichers.enrich_redis_latency(env, load_policy())).ok
+
+
+async def test_slow_queries_come_from_pg_stat_statements_judged_on_the_policy(
+    sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a database of its own of the sandbox's PostgreSQL 15 (pg_stat_statements preloaded)."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from pydantic import SecretStr
+
+    from blocks.postgres import PostgresDatabase
+    from tasks.diagnostics.policy import load_policy as load_diagnostics_policy
+
+    admin = str(sandbox.state.get("postgres")["admin_dsn"])
+    name = f"rb_test_enrich_{uuid.uuid4().hex[:8]}"
+    dsn = make_conninfo(**{**conninfo_to_dict(admin), "dbname": name})
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = cast(RunbookEnvironment, type("Env", (), {"postgres": PostgresDatabase(dsn=SecretStr(dsn))})())
+        missing = await enrichers.enrich_slow_queries(env, load_policy())
+        assert missing.ok and "not available" in missing.title and "CREATE EXTENSION" in missing.detail
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+            for i in range(15):  # the slow pattern, a different literal each time
+                conn.execute(f"SELECT pg_sleep(0.03), 'secret-{i}'")
+            for i in range(30):
+                conn.execute(f"SELECT {i} + 1")
+        strict = load_diagnostics_policy()
+        strict.postgres.limits.slow_query_mean_ms = 10  # the pg_sleep(0.03) pattern is over, SELECT n + 1 is not
+        monkeypatch.setattr(enrichers, "load_diagnostics_policy", lambda: strict)
+        finding = await enrichers.enrich_slow_queries(env, load_policy())
+        assert not finding.ok and finding.facts["slow_queries_over_limit"] == 1, finding
+        assert finding.facts["slow_query_top_mean_ms"] >= 30
+        first = finding.detail.splitlines()[0]
+        assert "x 15: " in first and "pg_sleep" in first and "secret" not in finding.detail, finding.detail
+        assert "total_exec_time" in finding.detail  # the column names of 13 and later
+
+        monkeypatch.setattr(enrichers, "load_diagnostics_policy", load_diagnostics_policy)
+        assert (await enrichers.enrich_slow_queries(env, load_policy())).ok  # nothing near the policy's 1000 ms
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
