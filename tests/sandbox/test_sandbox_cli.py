@@ -226,7 +226,7 @@ def _model_down_end_to_end(runbooks: Callable[..., subprocess.CompletedProcess[s
 @pytest.mark.slow
 # the whole sandbox's life (up, deploy, runs, Prefect down and up, down): about 200 s alone on 2 cores, 310 s
 # with two other suites on the same cores; the suite's 300 s per-test limit is for single scenarios
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) -> None:
     import redis
 
@@ -275,7 +275,9 @@ def test_up_status_run_down(tmp_path: Path, redis_databases: Callable[[], str]) 
 
     pids: list[int] = []
     try:
-        up = runbooks("sandbox", "up")
+        # every component from nothing (two PostgreSQL clusters with their data, the control plane, the stand-ins,
+        # Prefect with every deployment): it took over 300 s once, at a load average of 9
+        up = runbooks("sandbox", "up", timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]
 
         status = runbooks("sandbox", "status", "--json")
