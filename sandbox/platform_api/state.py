@@ -173,6 +173,7 @@ class PlatformState:
         self.faults, self.fault_since = m.Faults(), dict[str, float]()
         self.cost_strategy: m.CostStrategy | None = None
         self.blocked: dict[str, m.BlockedIp] = {}
+        self.unauthorized_at = self.now  # traffic of the unauthorized_ips fault counted up to here
         self.throttles: dict[str, m.Throttle] = {}
         self.audit: list[m.AuditEvent] = []
         self.alerts = self.reports = 0
@@ -210,6 +211,7 @@ class PlatformState:
     def _accumulate(self, dt: float) -> None:
         if dt <= 0:
             return
+        self._unauthorized_traffic()
         shares = self._shares()
         for name, x in self.models.items():
             served, err = self.rps * shares[name] * dt, self._error_rate(x)
@@ -222,6 +224,24 @@ class PlatformState:
             x.latency_sum_s += served * latency_ms / 1000
             x.lb_requests += served
         self.cpu_seconds += self._cpu_ratio() * dt
+
+    def _unauthorized_traffic(self) -> None:
+        """The unauthorized_ips fault: one unauthorized event per second from each address not blocked (at most
+        600 per address per call); a blocked address is refused before it counts. A new fault starts with a
+        minute of history."""
+        start, end = self.unauthorized_at, self._clock()
+        self.unauthorized_at = max(start, end)
+        for ip in map(str, self.faults.unauthorized_ips):
+            block = self.blocked.get(ip)
+            first = int(start) + 1
+            for sec in range(max(first, int(end) - 600), int(end) + 1):
+                if block is not None and block.until.timestamp() > sec:
+                    continue
+                self.events.append(
+                    m.SecurityEvent(
+                        type="unauthorized", source_ip=ip, at=sec, api_key_id=None, detail="invalid API key"
+                    )
+                )
 
     def _check(self, x: Model, at: float) -> bool:
         """One health check of a model; consecutive failures open its circuit breaker."""
@@ -741,12 +761,43 @@ class PlatformState:
 
     def block_ip(self, req: m.BlockIpRequest) -> m.BlockedIp:
         ip = str(req.ip)
+        self._unauthorized_traffic()  # what it sent before the block counts
         self.blocked[ip] = m.BlockedIp(ip=ip, until=self.now + req.duration, reason=req.reason)
         self.events.append(
             m.SecurityEvent(type="blocked", source_ip=ip, at=self.now, api_key_id=None, detail=req.reason)
         )
         self._audit("security.block_ip", ip, duration=req.duration, reason=req.reason)
         return self.blocked[ip]
+
+    def unblock_ip(self, ip: str) -> m.Unblocked:
+        was = ip in self.blocked and self.blocked[ip].until.timestamp() > self.now
+        self.blocked.pop(ip, None)
+        if was:
+            self._audit("security.unblock_ip", ip)
+        return m.Unblocked(ip=ip, was_blocked=was)
+
+    def unthrottle(self, user_id: str) -> m.Unthrottled:
+        was = user_id in self.throttles and self.throttles[user_id].until.timestamp() > self.now
+        self.throttles.pop(user_id, None)
+        if was:
+            self._audit("user.unthrottle", user_id)
+        return m.Unthrottled(user_id=user_id, was_throttled=was)
+
+    def clear_fallback(self, name: str) -> m.ModelConfig:
+        x = self._model(name)
+        if x.fallback:
+            self._audit("model.fallback_cleared", name, fallback_model=x.fallback)
+        x.fallback, x.fallback_until = None, 0.0
+        return self.model_config(name)
+
+    def clear_cost_strategy(self) -> m.CostStrategy | None:
+        before, self.cost_strategy = self.cost_strategy, None
+        if before is not None:
+            self._audit("optimization.cost_strategy_cleared", "load-balancer")
+        return before
+
+    def list_keys(self, user_id: str | None) -> m.ApiKeyList:
+        return m.ApiKeyList(keys=[k.public() for k in self.keys.values() if user_id in (None, k.user_id)])
 
     def security_report(self, req: m.ReportRequest) -> m.SecurityReport:
         events = [e for e in self.events if req.start_time <= e.at <= req.end_time]
@@ -856,6 +907,8 @@ class PlatformState:
         if faults.leaked_key_id is not None and faults.leaked_key_id not in self.keys:
             raise InvalidInput(("body", "leaked_key_id"), f"unknown api key {faults.leaked_key_id!r}")
         old, self.faults = self.faults, faults
+        if set(faults.unauthorized_ips) - set(old.unauthorized_ips):
+            self.unauthorized_at = min(self.unauthorized_at, self.now - 60)
         for name in m.Faults.model_fields:
             if getattr(faults, name) == getattr(old, name):
                 continue

@@ -1,0 +1,67 @@
+"""The catalogue's policy (``tasks/catalogue/policy.yaml``), read at each run through :mod:`tasks.policyfile`."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from blocks.environment import EnvironmentKind
+from tasks.policyfile import read_policy_file
+from tasks.triage.policy import Mode
+
+POLICY_PATH = Path(__file__).with_name("policy.yaml")
+
+
+class UnauthorizedAccess(BaseModel):
+    hours: int = Field(24, ge=1, le=720)
+    min_events: int = Field(20, ge=1)
+    block_s: int = Field(3600, ge=1)
+    log_patterns: list[str] = Field(default_factory=lambda: ["UNAUTHORIZED", "BLOCKED", "THREAT"])
+
+
+class KeyCompromise(BaseModel):
+    usage_hours: int = Field(24, ge=1, le=720)
+    audit_hours: int = Field(72, ge=1, le=720)
+    replacement_name: str = "Replacement key - Security incident"
+    permissions: list[str] = Field(default_factory=lambda: ["read", "ai_query"])
+
+
+class ModelUnavailable(BaseModel):
+    fallback_model: str = "claude-3-5-sonnet"
+    fallback_s: int = Field(1800, ge=1)
+
+
+class CircuitBreakers(BaseModel):
+    reset_after_test: bool = True
+
+
+class CataloguePolicy(BaseModel):
+    modes: dict[EnvironmentKind, Mode]
+    approval_timeout_s: int = Field(900, ge=1)
+    channels: dict[str, str] = Field(default_factory=lambda: {"default": "alerts"})
+    allow_list: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
+    unauthorized_access: UnauthorizedAccess = Field(default_factory=UnauthorizedAccess)
+    key_compromise: KeyCompromise = Field(default_factory=KeyCompromise)
+    model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
+    circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
+
+    def mode(self, kind: EnvironmentKind) -> Mode:
+        """A kind the policy does not name asks for approval (never acts unasked)."""
+        return self.modes.get(kind, "approve")
+
+    def channel(self, runbook: str) -> str:
+        return self.channels.get(runbook) or self.channels.get("default", "alerts")
+
+    def allowed(self, ip: str) -> str | None:
+        """The allow-list entry that holds ``ip``, or None."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        return next((str(net) for net in self.allow_list if address in net), None)
+
+
+def load_policy(path: Path | None = None) -> CataloguePolicy:
+    return read_policy_file(CataloguePolicy, path or POLICY_PATH, "the catalogue policy")
