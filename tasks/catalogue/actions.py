@@ -36,6 +36,7 @@ Kind = Literal[
 ]
 ACTION_PREFIX = "runbooks:action:"
 TEMPORARY = "runbooks:temporary"
+CLAIM_LEASE_S = 300.0  # an action still ``applying`` after this long lost its worker: another run may take it
 
 
 class Finding(BaseModel):
@@ -75,6 +76,7 @@ class ActionRecord(BaseModel):
     by: str = ""
     run: str = ""
     detail: str = ""
+    claimed_at: float | None = None
     applied_at: float | None = None
     expires_at: float | None = None
     reversal: dict[str, Any] | None = None
@@ -86,24 +88,38 @@ class ActionRecord(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------ shared storage
-async def claim(redis: RedisDatabase, record: ActionRecord) -> ActionRecord | None:
-    """Claim ``record.key`` (SET NX): None when this run claimed it, else the record that holds it."""
+async def claim(redis: RedisDatabase, record: ActionRecord, lease_s: float = CLAIM_LEASE_S) -> ActionRecord | None:
+    """Claim ``record.key`` (SET NX): None when this run holds it now, else the record that holds it. A claim left
+    ``applying`` for longer than ``lease_s`` (its worker died before recording the outcome) is taken over."""
+    record.claimed_at = now()
     async with redis.get_client() as client:
         if await client.set(ACTION_PREFIX + record.key, record.model_dump_json(), nx=True):
             return None
         raw = await client.get(ACTION_PREFIX + record.key)
-    return ActionRecord.model_validate_json(raw) if raw else None
+        held = ActionRecord.model_validate_json(raw) if raw else None
+        stale = held is None or (held.outcome == "applying" and now() - (held.claimed_at or 0) > lease_s)
+        if stale:
+            await client.set(ACTION_PREFIX + record.key, record.model_dump_json())
+            return None
+    return held
 
 
 async def save(redis: RedisDatabase, record: ActionRecord) -> None:
+    """The record under its key; a temporary one applied (or whose reversal failed) stays in the expiry set."""
     async with redis.get_client() as client:
         pipe = client.pipeline()
         pipe.set(ACTION_PREFIX + record.key, record.model_dump_json())
-        if record.outcome == "applied" and record.expires_at is not None:
+        if record.outcome in ("applied", "revert-failed") and record.expires_at is not None:
             pipe.zadd(TEMPORARY, {record.key: record.expires_at})
         else:
             pipe.zrem(TEMPORARY, record.key)
         await pipe.execute()
+
+
+async def take(redis: RedisDatabase, key: str) -> bool:
+    """Take a due temporary action out of the expiry set: True for the one worker that removed it (it reverts)."""
+    async with redis.get_client() as client:
+        return bool(await client.zrem(TEMPORARY, key))
 
 
 async def release(redis: RedisDatabase, key: str) -> None:

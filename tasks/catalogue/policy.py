@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from blocks.environment import EnvironmentKind
 from tasks.policyfile import read_policy_file
-from tasks.triage.policy import Mode
+from tasks.triage.policy import Mode, Modes, Severity
 
 POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -31,25 +31,33 @@ class KeyCompromise(BaseModel):
 class ModelUnavailable(BaseModel):
     fallback_model: str = "claude-3-5-sonnet"
     fallback_s: int = Field(1800, ge=1)
+    log_tail: int = Field(500, ge=1, le=100_000)
 
 
 class CircuitBreakers(BaseModel):
     reset_after_test: bool = True
+    thresholds: dict[str, int] = Field(
+        default_factory=dict, description="the breakers' thresholds to hold (the seed's step 5); others are left"
+    )
 
 
 class CataloguePolicy(BaseModel):
-    modes: dict[EnvironmentKind, Mode]
+    modes: dict[EnvironmentKind, Modes]
     approval_timeout_s: int = Field(900, ge=1)
     channels: dict[str, str] = Field(default_factory=lambda: {"default": "alerts"})
+    platform_grace_s: int = Field(
+        300, ge=0, description="a temporary action's own TTL on the platform runs this much past its expiry here"
+    )
     allow_list: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
     unauthorized_access: UnauthorizedAccess = Field(default_factory=UnauthorizedAccess)
     key_compromise: KeyCompromise = Field(default_factory=KeyCompromise)
     model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
     circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
 
-    def mode(self, kind: EnvironmentKind) -> Mode:
-        """A kind the policy does not name asks for approval (never acts unasked)."""
-        return self.modes.get(kind, "approve")
+    def mode(self, kind: EnvironmentKind, severity: Severity = "P2") -> Mode:
+        """The kind's mode for ``severity``; a kind the policy does not name asks for approval (never acts unasked)."""
+        modes = self.modes.get(kind)
+        return modes.for_severity(severity) if modes is not None else "approve"
 
     def channel(self, runbook: str) -> str:
         return self.channels.get(runbook) or self.channels.get("default", "alerts")
