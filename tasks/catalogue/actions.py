@@ -33,6 +33,7 @@ Kind = Literal[
     "cost_strategy",
     "cost_alert",
     "reconnect",
+    "issue_key",
 ]
 ACTION_PREFIX = "runbooks:action:"
 TEMPORARY = "runbooks:temporary"
