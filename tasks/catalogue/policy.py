@@ -19,6 +19,7 @@ class UnauthorizedAccess(BaseModel):
     min_events: int = Field(20, ge=1)
     block_s: int = Field(3600, ge=1)
     log_patterns: list[str] = Field(default_factory=lambda: ["UNAUTHORIZED", "BLOCKED", "THREAT"])
+    log_tail: int = Field(2000, ge=1, le=100_000)
 
 
 class KeyCompromise(BaseModel):
