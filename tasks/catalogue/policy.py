@@ -22,6 +22,16 @@ class UnauthorizedAccess(BaseModel):
     log_tail: int = Field(2000, ge=1, le=100_000)
 
 
+class SuspiciousUsage(BaseModel):
+    hours: int = Field(24, ge=1, le=720)
+    min_requests: int = Field(1000, ge=1, description="a user with more requests than this in `hours` is throttled")
+    rate_limit: int = Field(10, ge=1, description="requests per minute while throttled (the seed's 10)")
+    throttle_s: int = Field(3600, ge=1)
+    log_patterns: list[str] = Field(default_factory=lambda: ["malware", "hack", "exploit", "vulnerability"])
+    log_tail: int = Field(2000, ge=1, le=100_000)
+    exempt_users: list[str] = Field(default_factory=list, description="users never throttled (internal load tests)")
+
+
 class KeyCompromise(BaseModel):
     usage_hours: int = Field(24, ge=1, le=720)
     audit_hours: int = Field(72, ge=1, le=720)
@@ -52,6 +62,7 @@ class CataloguePolicy(BaseModel):
     allow_list: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
     unauthorized_access: UnauthorizedAccess = Field(default_factory=UnauthorizedAccess)
     key_compromise: KeyCompromise = Field(default_factory=KeyCompromise)
+    suspicious_usage: SuspiciousUsage = Field(default_factory=SuspiciousUsage)
     model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
     circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
 
