@@ -32,6 +32,12 @@ class SuspiciousUsage(BaseModel):
     exempt_users: list[str] = Field(default_factory=list, description="users never throttled (internal load tests)")
 
 
+class LoadBalance(BaseModel):
+    max_share: float = Field(0.5, gt=0, le=1, description="a model serving more than this share is an imbalance")
+    algorithm: str = "round_robin"
+    weights: dict[str, float] = Field(default_factory=dict, description="the weights a rebalance sets")
+
+
 class KeyCompromise(BaseModel):
     usage_hours: int = Field(24, ge=1, le=720)
     audit_hours: int = Field(72, ge=1, le=720)
@@ -63,6 +69,7 @@ class CataloguePolicy(BaseModel):
     unauthorized_access: UnauthorizedAccess = Field(default_factory=UnauthorizedAccess)
     key_compromise: KeyCompromise = Field(default_factory=KeyCompromise)
     suspicious_usage: SuspiciousUsage = Field(default_factory=SuspiciousUsage)
+    lb_rebalance: LoadBalance = Field(default_factory=LoadBalance)
     model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
     circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
 
