@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +39,21 @@ class LoadBalance(BaseModel):
     weights: dict[str, float] = Field(default_factory=dict, description="the weights a rebalance sets")
 
 
+class CostOptimization(BaseModel):
+    period: str = "24h"
+    max_avg_cost_per_request: float = Field(0.018, gt=0, description="USD; above it the strategy is applied")
+    strategy: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "strategy": "cost_efficient",
+            "max_cost_per_request": 0.10,
+            "prefer_models": ["claude-3-haiku", "gpt-3.5-turbo"],
+        }
+    )
+    alert: dict[str, Any] = Field(
+        default_factory=lambda: {"threshold": 100, "period": "daily", "action": "notify_and_throttle"}
+    )
+
+
 class KeyCompromise(BaseModel):
     usage_hours: int = Field(24, ge=1, le=720)
     audit_hours: int = Field(72, ge=1, le=720)
@@ -70,6 +86,7 @@ class CataloguePolicy(BaseModel):
     key_compromise: KeyCompromise = Field(default_factory=KeyCompromise)
     suspicious_usage: SuspiciousUsage = Field(default_factory=SuspiciousUsage)
     lb_rebalance: LoadBalance = Field(default_factory=LoadBalance)
+    cost_optimization: CostOptimization = Field(default_factory=CostOptimization)
     model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
     circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
 
