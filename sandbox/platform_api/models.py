@@ -170,6 +170,11 @@ class Faults(Request):
         default_factory=list,
         description="addresses sending requests with invalid keys (one per second each) until blocked",
     )
+    slow_models: list[ModelName] = Field(
+        default_factory=list,
+        description="models whose provider endpoint in us-east-1 (the default region) answers 6 s slower; "
+        "switching the model's endpoint to another region cures it",
+    )
 
 
 # ---- responses --------------------------------------------------------------------------------------

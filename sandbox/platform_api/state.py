@@ -23,6 +23,7 @@ VERSION = "2.4.1-sandbox"
 HISTORY_S = 86_400.0  # traffic already counted when the sandbox starts
 CHECK_INTERVAL_S = 10.0  # the platform's periodic health checks of each model
 DEGRADED_ERROR_RATE, DEGRADED_LATENCY_MS = 0.05, 3_000.0
+HOME_REGION, SLOW_REGION_MS = "us-east-1", 6_000.0  # the slow_models fault: the provider's endpoint in HOME_REGION
 QUANTILES = {"0.5": 0.9, "0.95": 1.8, "0.99": 2.6}  # latency quantiles as multiples of the mean
 # The latency distribution behind both: a piecewise-linear CDF through the quantiles above (multiple of the mean,
 # share of requests at or under it). The histogram's buckets are filled from it as traffic accumulates, so
@@ -107,7 +108,7 @@ class Model:
     enabled: bool = True
     timeout_ms: int = 30_000
     retry_attempts: int = 3
-    region: str = "us-east-1"
+    region: str = HOME_REGION
     fallback: str | None = None
     fallback_until: float = 0.0
     breaker: m.BreakerState = "CLOSED"
@@ -293,7 +294,8 @@ class PlatformState:
     def _latency(self, x: Model) -> float:
         if self._down(x):
             return float(x.timeout_ms)
-        return x.base_latency_ms + self.faults.latency_ms + self.release.latency_ms
+        slow = SLOW_REGION_MS if x.spec.name in self.faults.slow_models and x.region == HOME_REGION else 0.0
+        return x.base_latency_ms + self.faults.latency_ms + self.release.latency_ms + slow
 
     def _status(self, x: Model) -> m.ModelStatus:
         if not x.enabled or self._down(x):

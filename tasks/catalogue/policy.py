@@ -39,6 +39,16 @@ class LoadBalance(BaseModel):
     weights: dict[str, float] = Field(default_factory=dict, description="the weights a rebalance sets")
 
 
+class ModelLatency(BaseModel):
+    window: str = "1h"
+    p95_ms: float = Field(5000, gt=0, description="a model whose p95 is over this is slow")
+    timeout_ms: int = Field(45000, ge=100, description="the seed's raised timeout")
+    retry_attempts: int = Field(2, ge=0, le=10)
+    weight: float = Field(0.05, ge=0, le=1, description="the seed's lowered weight")
+    region: str = "us-west-2"
+    hold_s: int = Field(3600, ge=1, description="how long the changes hold before they are reverted")
+
+
 class CostOptimization(BaseModel):
     period: str = "24h"
     max_avg_cost_per_request: float = Field(0.018, gt=0, description="USD; above it the strategy is applied")
@@ -87,6 +97,7 @@ class CataloguePolicy(BaseModel):
     suspicious_usage: SuspiciousUsage = Field(default_factory=SuspiciousUsage)
     lb_rebalance: LoadBalance = Field(default_factory=LoadBalance)
     cost_optimization: CostOptimization = Field(default_factory=CostOptimization)
+    model_latency: ModelLatency = Field(default_factory=ModelLatency)
     model_unavailable: ModelUnavailable = Field(default_factory=ModelUnavailable)
     circuit_breakers: CircuitBreakers = Field(default_factory=CircuitBreakers)
 

@@ -550,6 +550,20 @@ def test_unauthorized_ips_fault_stops_when_blocked_and_reversals(
     assert keys and {k["user_id"] for k in keys} == {"user-001"} and all("secret" not in k for k in keys)
 
 
+def test_slow_model_is_cured_by_switching_its_endpoint(api: httpx.Client, admin: httpx.Client) -> None:
+    def p95(name: str) -> float:
+        rows = api.get("/api/v1/analytics/latency", params={"window": "1h"}).json()["models"]
+        return float(next(r["p95_latency"] for r in rows if r["name"] == name))
+
+    healthy = p95("qwen")
+    set_faults(admin, slow_models=["qwen"])
+    assert p95("qwen") > healthy + 6000 and p95("gpt-4") < healthy + 6000
+    admin.post("/admin/models/qwen/switch-endpoint", json={"region": "us-west-2"}).raise_for_status()
+    assert p95("qwen") == healthy
+    admin.post("/admin/models/qwen/switch-endpoint", json={"region": "us-east-1"}).raise_for_status()
+    assert p95("qwen") > healthy + 6000  # back in the slow region
+
+
 def test_audit_log_records_admin_mutations(admin: httpx.Client) -> None:
     admin.post("/admin/models/qwen/disable").raise_for_status()
     admin.patch("/admin/load-balancer/weights", json={"qwen": 0.2}).raise_for_status()
