@@ -1,10 +1,11 @@
 """circuit-breakers: the seed's "Load Balancer Issues / Circuit Breaker Issues", in the catalogue's shape.
 
 diagnose (every breaker, the models, the breakers' thresholds; the ``/test`` of each model whose breaker is OPEN,
-concurrently) → plan (reset each OPEN breaker whose model's own ``/test`` passes; the thresholds the policy holds,
-``circuit_breakers.thresholds``, as a diff of what changes) → decide (the policy's mode; the approval shows the
-diff and lists each action, each can be unticked) → apply (a reset only after a fresh ``/test`` passes at that
-moment) → verify (the breakers and thresholds re-read) → report (``circuit-breakers-<kind>-...``, Slack alerts).
+concurrently) → plan (reset each OPEN breaker whose model's own ``/test`` passes; when the run asks,
+``adjust_thresholds``, the thresholds the policy holds, ``circuit_breakers.thresholds``, as a diff of what changes)
+→ decide (the policy's mode; the approval shows the diff and lists each action, each can be unticked) → apply (a
+reset only after a fresh ``/test`` passes at that moment) → verify (the breakers and thresholds re-read) → report
+(``circuit-breakers-<kind>-...``, Slack alerts).
 
 A breaker whose model still fails its ``/test`` is left OPEN, and the report says so.
 """
@@ -52,9 +53,11 @@ async def circuit_breakers(
     environment: str = "sandbox",
     severity: Severity = "P2",
     incident: str | None = None,
+    adjust_thresholds: bool = False,
     dry_run: bool | None = None,
 ) -> State:
-    """Reset the OPEN breakers of models that answer their ``/test`` again; hold the policy's thresholds."""
+    """Reset the OPEN breakers of models that answer their ``/test`` again. The policy's thresholds are compared
+    every run (a finding); ``adjust_thresholds`` plans the change (an alert-started run never retunes them)."""
     env = await load_environment(environment)
     policy = load_policy()
     spec = policy.circuit_breakers
@@ -114,7 +117,7 @@ async def circuit_breakers(
         if m in tests and tests[m]["ok"]
     ]
     note = ""
-    if diff and config is not None:
+    if diff and config is not None and adjust_thresholds:
         changes = {k: v for k, v in spec.thresholds.items() if config.get(k) != v}
         actions.append(
             Action(

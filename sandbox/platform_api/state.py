@@ -457,6 +457,24 @@ class PlatformState:
                     for n, x in self.models.items()
                 ],
             ),
+            (
+                "ai_circuit_breaker_open",
+                "gauge",
+                "1 while the model's circuit breaker is OPEN.",
+                [(f'{{model="{n}"}}', int(x.breaker == "OPEN")) for n, x in self.models.items()],
+            ),
+            (
+                "ai_lb_model_share",
+                "gauge",
+                "Share of the traffic the load balancer sends to the model right now.",
+                [(f'{{model="{n}"}}', round(share, 4)) for n, share in self._shares().items()],
+            ),
+            (
+                "ai_security_unauthorized_events_total",
+                "counter",
+                "Requests refused as unauthorized (invalid or revoked API keys).",
+                [("", sum(1 for e in self.events if e.type == "unauthorized"))],
+            ),
         ]
         lines = []
         for name, kind, help_, samples in families:

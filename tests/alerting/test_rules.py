@@ -61,3 +61,33 @@ def test_thresholds_are_the_triage_policy_ones() -> None:
         match = re.search(r">\s*([0-9.]+)\s*$", str(rules[alert]["expr"]).strip())
         assert match, f"{alert}: no trailing '> threshold' in its expr"
         assert float(match.group(1)) == thresholds[key], f"{alert} and policy.yaml thresholds.{key} differ"
+
+
+def test_catalogue_alerts_use_the_catalogue_policy_and_route_to_their_flows() -> None:
+    """alerting/rules/catalogue.yml fires at the catalogue policy's numbers; each alert starts its flow's deployment
+    (prefect.yaml) and the triage leaves the acting to it."""
+    policy = yaml.safe_load((ROOT / "tasks" / "catalogue" / "policy.yaml").read_text())
+    rules = _rules()
+
+    def threshold(alert: str) -> float:
+        match = re.search(r">\s*([0-9.]+)\s*$", str(rules[alert]["expr"]).strip())
+        assert match, f"{alert}: no trailing '> threshold' in its expr"
+        return float(match.group(1))
+
+    assert threshold("UnauthorizedAccessSpike") == policy["unauthorized_access"]["min_events"]
+    assert threshold("ProviderHighLatency") == policy["model_latency"]["p95_ms"] / 1000
+    assert threshold("LoadImbalance") == policy["lb_rebalance"]["max_share"]
+    routes = {
+        trigger["match"]["runbooks.alert.name"]: deployment["name"]
+        for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+        for trigger in deployment.get("triggers", [])
+        if "runbooks.alert.name" in trigger["match"]
+    }
+    assert routes == {
+        "UnauthorizedAccessSpike": "security-unauthorized-access",
+        "CircuitBreakerOpen": "circuit-breakers",
+        "ProviderHighLatency": "model-latency",
+        "LoadImbalance": "lb-rebalance",
+    }
+    triage = yaml.safe_load(POLICY.read_text())["alerts"]
+    assert all(triage[alert]["mitigations"] == [] for alert in routes)

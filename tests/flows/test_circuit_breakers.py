@@ -40,7 +40,7 @@ async def test_only_a_recovered_model_has_its_breaker_reset(
     url, headers = platform_admin
     httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"models_down": ["qwen"]}).raise_for_status()
     open_breakers(url, headers, "gpt-4", "qwen")
-    state = await circuit_breakers(environment=TEST_ENVIRONMENT, return_state=True)
+    state = await circuit_breakers(environment=TEST_ENVIRONMENT, adjust_thresholds=True, return_state=True)
     assert state.is_completed(), state.message
     result = await state.result()  # type: ignore[union-attr]
     outcomes = {(r.kind, r.target): r.outcome for r in result["records"]}
@@ -60,7 +60,13 @@ async def test_the_approval_shows_the_threshold_diff_and_an_unticked_change_is_n
     before = thresholds(url, headers)
     incident = f"inc-{uuid.uuid4().hex[:8]}"
     run = asyncio.create_task(
-        circuit_breakers(environment=production_environment, incident=incident, dry_run=False, return_state=True)
+        circuit_breakers(
+            environment=production_environment,
+            incident=incident,
+            adjust_thresholds=True,
+            dry_run=False,
+            return_state=True,
+        )
     )
     try:
         flow_run = await paused_run("circuit-breakers", incident, run)
