@@ -130,7 +130,7 @@ async def circuit_breakers(
         )
         note = "Threshold changes:\n\n```diff\n" + "\n".join(diff) + "\n```"
 
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, note=note)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, note=note, env=env)
     for action in chosen:
         if action.kind == "reset_breaker" and spec.reset_after_test:
             fresh = await api.test_model(env.platform, action.target)

@@ -117,7 +117,7 @@ async def cost_optimization(
             )
         )
     await publish_findings(RUNBOOK, env, findings)
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, note=note)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, note=note, env=env)
     records += await apply_all(env, RUNBOOK, chosen, by)
 
     # verify: the saving measured

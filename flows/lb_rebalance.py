@@ -101,7 +101,7 @@ async def lb_rebalance(
                 )
             )
     await publish_findings(RUNBOOK, env, findings)
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     records += await apply_all(env, RUNBOOK, chosen, by)
 
     # verify

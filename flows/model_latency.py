@@ -113,7 +113,7 @@ async def model_latency(
                     expires_in_s=hold,
                 )
             )
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     records += await apply_all(env, RUNBOOK, chosen, by)
 
     # verify: the slow models' p95 again

@@ -143,7 +143,7 @@ async def model_unavailable(
         )
 
     # decide, apply
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     recovered: dict[str, bool] = {}
     for action in chosen:
         if action.kind == "set_fallback" and recovered.get(action.target):

@@ -66,7 +66,7 @@ async def security_key_compromise(
             key=action_key(RUNBOOK, scope, "issue_key", key_id),
         ),
     ]
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     kinds = {a.kind for a in chosen}
 
     # 2. revoke first

@@ -117,7 +117,7 @@ async def security_suspicious_usage(
             )
         )
     await publish_findings(RUNBOOK, env, findings)
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     records += await apply_all(env, RUNBOOK, chosen, by)
 
     # 5. the platform's security report of the window

@@ -123,7 +123,7 @@ async def security_unauthorized_access(
             )
         )
     await publish_findings(RUNBOOK, env, findings)
-    chosen, records, by = await decide(RUNBOOK, actions, mode, policy)
+    chosen, records, by = await decide(RUNBOOK, actions, mode, policy, env=env)
     records += await apply_all(env, RUNBOOK, chosen, by)
 
     # verify: a blocked address sends no unauthorized event after its block

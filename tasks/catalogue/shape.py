@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from prefect import get_run_logger
+from prefect.runtime import flow_run
+from prefect.utilities.urls import url_for
 from pydantic import Field, create_model
 
 from blocks.environment import RunbookEnvironment
@@ -76,10 +78,17 @@ def approval_form(actions: list[Action]) -> type[Any]:
 
 
 async def decide(
-    runbook: str, actions: list[Action], mode: Mode, policy: CataloguePolicy, *, note: str = ""
+    runbook: str,
+    actions: list[Action],
+    mode: Mode,
+    policy: CataloguePolicy,
+    *,
+    note: str = "",
+    env: RunbookEnvironment | None = None,
 ) -> tuple[list[Action], list[ActionRecord], str]:
     """(actions to apply, records of those left out, who decided). ``observe`` applies nothing; in ``approve`` no
-    answer within the policy's timeout, or ``approve`` left unticked, is a denial."""
+    answer within the policy's timeout, or ``approve`` left unticked, is a denial, and ``env``'s Slack is told in
+    the runbook's channel with the run's link."""
     run = current_run()
     if not actions:
         return [], [], mode
@@ -92,6 +101,15 @@ async def decide(
     if mode == "auto":
         return actions, [], "auto"
     get_run_logger().warning("%s: %d action(s) need approval: resume the run in the UI", runbook, len(actions))
+    if env is not None and env.slack is not None:
+        link = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None
+        text = (
+            f"✋ APPROVAL NEEDED: {runbook} ({env.kind}) proposes "
+            + "; ".join(a.label for a in actions)
+            + f". Approve or untick in the run: {link or 'flow run ' + str(run)} "
+            f"(no answer within {policy.approval_timeout_s}s is a denial)"
+        )
+        await post_slack_message(env.slack, env.slack.channel_for(policy.channel(runbook)), text)
     lines = [f"**{runbook}**: apply these actions? Untick the ones to leave out.", ""]
     lines += [f"{i + 1}. **{a.label}**: {a.reason}" for i, a in enumerate(actions)]
     if note:

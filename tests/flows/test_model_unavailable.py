@@ -87,7 +87,7 @@ async def test_a_model_that_answers_is_left_alone(sandbox: Sandbox, platform_adm
 
 
 async def test_approval_lists_the_actions_and_an_unticked_one_changes_nothing(
-    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], production_environment: str
+    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], production_environment: str, receivers_url: str
 ) -> None:
     url, headers = platform_admin
     httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"models_down": ["gemini-pro"]}).raise_for_status()
@@ -105,6 +105,9 @@ async def test_approval_lists_the_actions_and_an_unticked_one_changes_nothing(
         assert {"reconnect gemini-pro", "set_fallback gemini-pro"} <= titles
         assert schema["properties"]["approve"]["default"] is False  # default deny
         assert model_config(platform_admin, "gemini-pro")["fallback_model"] is None  # nothing before the answer
+        [asked] = received(receivers_url, "slack")  # told where to answer, in the runbook's channel
+        assert "APPROVAL NEEDED" in asked["body"]["text"] and str(flow_run.id) in asked["body"]["text"]
+        assert asked["body"]["channel"] == "#ai-multimodel-alerts"
         await aresume_flow_run(
             flow_run.id, run_input={"approve": True, "approver": "alice", "action_1": True, "action_2": False}
         )
