@@ -37,6 +37,11 @@ Kind = Literal[
 ]
 ACTION_PREFIX = "runbooks:action:"
 TEMPORARY = "runbooks:temporary"
+_TAKE_OVER = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
 CLAIM_LEASE_S = 300.0  # an action still ``applying`` after this long lost its worker: another run may take it
 
 
@@ -99,9 +104,12 @@ async def claim(redis: RedisDatabase, record: ActionRecord, lease_s: float = CLA
         raw = await client.get(ACTION_PREFIX + record.key)
         held = ActionRecord.model_validate_json(raw) if raw else None
         stale = held is None or (held.outcome == "applying" and now() - (held.claimed_at or 0) > lease_s)
-        if stale:
-            await client.set(ACTION_PREFIX + record.key, record.model_dump_json())
+        # taken over only if it is still the record read (compare-and-set): of two takers, one wins
+        if stale and await client.eval(_TAKE_OVER, 1, ACTION_PREFIX + record.key, raw or "", record.model_dump_json()):
             return None
+        if stale:
+            raw = await client.get(ACTION_PREFIX + record.key)
+            held = ActionRecord.model_validate_json(raw) if raw else held
     return held
 
 

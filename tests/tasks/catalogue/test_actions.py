@@ -33,13 +33,16 @@ async def test_one_of_many_concurrent_claims_wins(spare_redis: RedisDatabase) ->
 
 
 async def test_a_stale_applying_claim_is_taken_over_after_its_lease(spare_redis: RedisDatabase) -> None:
-    assert await act.claim(spare_redis, record("k2", "dead-run")) is None
-    held = await act.claim(spare_redis, record("k2", "second-run"), lease_s=60)
+    dead = record("k2", "dead-run").model_copy(update={"claimed_at": act.now() - 1000})
+    await act.save(spare_redis, dead)  # a worker that claimed the key 1,000 s ago and died
+    held = await act.claim(spare_redis, record("k2", "second-run"), lease_s=5000)
     assert held is not None and held.run == "dead-run"  # within the lease: the first run may still be alive
-    assert await act.claim(spare_redis, record("k2", "third-run"), lease_s=0) is None  # past it: taken over
-    applied = record("k2", "third-run", "applied")
-    await act.save(spare_redis, applied)
-    held = await act.claim(spare_redis, record("k2", "fourth-run"), lease_s=0)
+    takers = await asyncio.gather(*(act.claim(spare_redis, record("k2", f"taker-{i}"), lease_s=100) for i in range(10)))
+    assert takers.count(None) == 1  # past it: taken over, by exactly one of the runs that try at once
+    winner = f"taker-{takers.index(None)}"
+    assert {h.run for h in takers if h is not None} <= {winner, "dead-run"}
+    await act.save(spare_redis, record("k2", winner, "applied"))
+    held = await act.claim(spare_redis, record("k2", "late-run"), lease_s=0)
     assert held is not None and held.outcome == "applied"  # done is done, however old
 
 
