@@ -176,6 +176,7 @@ class PlatformState:
         self.blocked: dict[str, m.BlockedIp] = {}
         self.unauthorized_at = self.now  # traffic of the unauthorized_ips fault counted up to here
         self.throttles: dict[str, m.Throttle] = {}
+        self.throttled_since: dict[str, float] = {}
         self.audit: list[m.AuditEvent] = []
         self.alerts = self.reports = 0
         self.lb_since, self.cpu_seconds = self.now - HISTORY_S, 0.0
@@ -366,7 +367,19 @@ class PlatformState:
         if self.faults.leaked_key_id == key.id:
             leak_start = self.fault_since["leaked_key_id"] - LEAK_HISTORY_S
             abuse = LEAK_PER_HOUR * _overlap(start, self.now, leak_start, end) / 3_600
-        return normal + abuse, normal * 0.01 + abuse * 0.35, key.source_ips + (LEAK_IPS if abuse else 0)
+        total = normal + abuse
+        served = 1.0 - (self._throttled_away(key, start, total, hours) / total if total else 0.0)
+        return total * served, (normal * 0.01 + abuse * 0.35) * served, key.source_ips + (LEAK_IPS if abuse else 0)
+
+    def _throttled_away(self, key: Key, start: float, requests: float, hours: int) -> float:
+        """Requests a throttle of the key's user refused: above ``rate_limit`` a minute while it was in force (the
+        key's rate taken as its mean over the window)."""
+        throttle, since = self.throttles.get(key.user_id), self.throttled_since.get(key.user_id)
+        if throttle is None or since is None:
+            return 0.0
+        held = _overlap(start, self.now, since, throttle.until.timestamp())
+        rate, cap = requests / (hours * 3_600), throttle.rate_limit / 60
+        return max(0.0, rate - cap) * held
 
     def _new_key(self, user_id: str, name: str, permissions: list[str], per_hour: float = 0.0) -> Key:
         rng, history = self._rng, per_hour > 0  # seeded keys come with 30 days of traffic
@@ -799,6 +812,7 @@ class PlatformState:
     def unthrottle(self, user_id: str) -> m.Unthrottled:
         was = user_id in self.throttles and self.throttles[user_id].until.timestamp() > self.now
         self.throttles.pop(user_id, None)
+        self.throttled_since.pop(user_id, None)
         if was:
             self._audit("user.unthrottle", user_id)
         return m.Unthrottled(user_id=user_id, was_throttled=was)
@@ -887,6 +901,9 @@ class PlatformState:
     def throttle(self, user_id: str, req: m.ThrottleRequest) -> m.Throttle:
         if not any(k.user_id == user_id for k in self.keys.values()):
             raise NotFound("user", user_id)
+        current = self.throttles.get(user_id)
+        if current is None or current.until.timestamp() <= self.now:
+            self.throttled_since[user_id] = self.now  # a new throttle (an extension keeps its start)
         self.throttles[user_id] = m.Throttle(user_id=user_id, rate_limit=req.rate_limit, until=self.now + req.duration)
         self._audit("user.throttle", user_id, rate_limit=req.rate_limit, duration=req.duration)
         return self.throttles[user_id]

@@ -564,6 +564,23 @@ def test_slow_model_is_cured_by_switching_its_endpoint(api: httpx.Client, admin:
     assert p95("qwen") > healthy + 6000  # back in the slow region
 
 
+def test_a_throttle_caps_the_users_rate(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    key_id, user_id = some_key(api)
+    set_faults(admin, leaked_key_id=key_id)
+
+    def last_hour() -> int:
+        return int(admin.get(f"/admin/api-keys/{key_id}/usage", params={"hours": 1}).json()["requests"])
+
+    free = last_hour()
+    assert free > 2000  # the leak: about 2,400 an hour on top of the key's own traffic
+    admin.post(f"/admin/users/{user_id}/throttle", json={"rate_limit": 10, "duration": 3600}).raise_for_status()
+    clock.advance(3600)
+    assert last_hour() <= 10 * 60 + 1  # a whole hour at 10 a minute
+    admin.delete(f"/admin/users/{user_id}/throttle").raise_for_status()
+    clock.advance(3600)
+    assert last_hour() == pytest.approx(free, rel=0.05)  # lifted: the full rate again
+
+
 def test_audit_log_records_admin_mutations(admin: httpx.Client) -> None:
     admin.post("/admin/models/qwen/disable").raise_for_status()
     admin.patch("/admin/load-balancer/weights", json={"qwen": 0.2}).raise_for_status()
