@@ -62,6 +62,11 @@ class RunbookEnvironment(RunbookBlock):
         default="ai-multimodel-frontend",
         description="The platform frontend's Kubernetes Deployment (also its pods' `app` label).",
     )
+    ingress_address: str | None = Field(
+        default=None,
+        description="Where the Ingress controller answers TLS (`host:port`): certificate checks connect there with "
+        "each Ingress host as SNI, as `curl --resolve` does. None: each host's own DNS name, port 443.",
+    )
 
     @property
     def dry_run_by_default(self) -> bool:

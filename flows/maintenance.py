@@ -11,7 +11,7 @@ hides the others), and each returns pass / warn / fail / skipped with the figure
 5. security: ``trivy image`` of every image the Deployments run (skipped where trivy is not installed);
 6. performance: the platform's 7-day analytics summary against last week's;
 7. backups: the newest daily backup's age and completeness, when last verified; a stale verification runs it;
-8. certificates: skipped until ``certificate-check`` lands;
+8. certificates: ``certificate-check``'s three readings (handshake, Secret, Certificate) and their agreement;
 9. cleanup: old ReplicaSets (never the current, previous or last known good) and ``deployment-alerts-*``
    ConfigMaps (never a mounted one); a dry run outside the sandbox unless approved in the UI;
 10. report: the markdown artifact ``weekly-maintenance-<env>``, this week's figures beside last week's (table

@@ -61,7 +61,7 @@ async def incident_triage(
     policy = load_policy()
 
     # diagnose: every enricher concurrently; the policy says how severe, the escalation matrix who hears of it
-    findings = await diagnose(env, policy)
+    findings = await diagnose(env, policy, alert_name)
     facts = facts_of(findings, alert_name, alert_severity)
     severity, why = policy.severity(facts)
     report = TriageReport(

@@ -97,3 +97,10 @@ class DeployError(RunbookError):
     check) or failed and was rolled back."""
 
     system = "deploy"
+
+
+class CertificateError(RunbookError):
+    """A TLS certificate could not be read (a handshake, a Secret's ``tls.crt``) or renewed (nothing new came in
+    time: the saved Secret was put back)."""
+
+    system = "certificates"

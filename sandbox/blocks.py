@@ -34,6 +34,7 @@ def sandbox_environment(settings: SandboxSettings, state: SandboxState) -> Runbo
     )
     return RunbookEnvironment(
         kubernetes=_kubernetes(settings, state),
+        ingress_address=_ingress_address(state),
         prometheus=_prometheus(settings, state),
         kind="sandbox",
         platform=PlatformAPI(
@@ -74,6 +75,16 @@ def _prometheus(settings: SandboxSettings, state: SandboxState) -> PrometheusSer
     return PrometheusServer(url=settings.url(settings.prometheus_port))
 
 
+def _ingress_address(state: SandboxState) -> str | None:
+    """The Ingress stand-in's HTTPS address (sandbox/certificates.py), where it runs."""
+    from kernel import processes
+
+    record = state.get("ingress")
+    if not (record.get("pid") and processes.is_alive(int(record["pid"]))):
+        return None
+    return str(record["address"])
+
+
 def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesCluster | None:
     """The cluster the sandbox started (or the user's, via KUBECONFIG), if the component is up."""
     from pathlib import Path
@@ -85,6 +96,37 @@ def _kubernetes(settings: SandboxSettings, state: SandboxState) -> KubernetesClu
     return KubernetesCluster.from_kubeconfig(Path(kubeconfig), namespace="production")
 
 
+def recovery_environment_name(settings: SandboxSettings) -> str:
+    """The recovery environment's block name: ``<environment>-recovery`` (``sandbox-recovery``)."""
+    return f"{settings.environment}-recovery"
+
+
+def recovery_environment(settings: SandboxSettings, state: SandboxState) -> RunbookEnvironment | None:
+    """The ``recovery`` environment: the sandbox's, with PostgreSQL and Redis on the recovery target's servers and
+    Kubernetes in the recovery namespace; None when the recovery target is not up. (The seed deploys those
+    servers into the recovery namespace; here they are real servers on loopback. In production this block names
+    whatever the recovery site runs.)"""
+    from sandbox.components import RecoveryPostgresComponent, RecoveryRedisComponent
+
+    if not state.get(RecoveryPostgresComponent.name) or not state.get(RecoveryRedisComponent.name):
+        return None
+    env = sandbox_environment(settings, state)
+    kubernetes = (
+        env.kubernetes.model_copy(update={"namespace": settings.recovery_namespace}) if env.kubernetes else None
+    )
+    return env.model_copy(
+        update={
+            "postgres": PostgresDatabase(dsn=RecoveryPostgresComponent(settings, state).app_dsn()),
+            "redis": RedisDatabase(url=RecoveryRedisComponent(settings, state).url()),
+            "kubernetes": kubernetes,
+        }
+    )
+
+
 async def apply_blocks(settings: SandboxSettings, state: SandboxState) -> list[str]:
     await register_block_types()
-    return await save_environment(sandbox_environment(settings, state), settings.environment)
+    saved = await save_environment(sandbox_environment(settings, state), settings.environment)
+    recovery = recovery_environment(settings, state)
+    if recovery is not None:
+        saved += await save_environment(recovery, recovery_environment_name(settings))
+    return saved

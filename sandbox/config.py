@@ -28,7 +28,12 @@ class SandboxSettings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     host: str = "127.0.0.1"
     environment: str = "sandbox"
-    # PostgreSQL: the reachable server at this admin DSN, else an embedded one (pgserver)
+    # PostgreSQL: a cluster of the sandbox's own on postgres_port (the machine's PostgreSQL binaries, loading
+    # pg_stat_statements; postgres_cluster=false to skip it), else the reachable server at this admin DSN, else
+    # an embedded one (pgserver)
+    postgres_cluster: bool = True
+    postgres_port: int = 5442
+    postgres_data_dir: Path | None = None  # the cluster's data directory; default <home>/postgres/main
     postgres_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     postgres_db: str = "ai_multimodel"
     postgres_size: str = "20MB"
@@ -37,6 +42,14 @@ class SandboxSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_port: int = 6390
     redis_size: str = "5MB"
+    # the disaster-recovery target: a second PostgreSQL server (the sandbox's own cluster) and a second Redis
+    recovery_postgres_port: int = 5442
+    recovery_redis_port: int = 6391
+    recovery_namespace: str = "production-recovery"
+    # the recovery PostgreSQL's directory (data in main/, its socket and log beside it); default <home>/recovery-pg.
+    # Run as root, the cluster runs as the postgres OS user, which loses its files when a parent is reset to 0700
+    # (every pytest start does that to /tmp/pytest-of-<user>): the tests put it in a tempfile.mkdtemp
+    recovery_postgres_dir: Path | None = None
     seed: int = 42
     s3_port: int = 9100
     bucket: str = "ai-multimodel-backups"
@@ -52,6 +65,10 @@ class SandboxSettings(BaseSettings):
     k8s_kubelet_port: int = 10250
     k8s_metrics_port: int = 4443
     k8s_service_cidr: str = "127.64.0.0/16"
+    # the TLS edge (sandbox/certificates.py): the Ingress stand-in's HTTPS port, the cert-manager stand-in's
+    # certificate lifetime (none: each Certificate's spec.duration)
+    ingress_port: int = 8443
+    certificate_lifetime_s: float | None = None
     # the alerting chain: Prometheus (Debian's) -> Alertmanager (Debian's) -> the alert gateway -> Prefect
     gateway_port: int = 8102
     prometheus_port: int = 9090

@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Callable, Iterable
 
 from kernel.errors import SandboxError
+from sandbox.certificates import CertManagerComponent, IngressComponent
 from sandbox.components import (
     AlertmanagerComponent,
     Component,
@@ -17,6 +18,8 @@ from sandbox.components import (
     PrefectWorkerComponent,
     PrometheusComponent,
     ReceiversComponent,
+    RecoveryPostgresComponent,
+    RecoveryRedisComponent,
     RedisComponent,
     S3Component,
 )
@@ -28,10 +31,15 @@ from sandbox.k8s.controlplane import KubernetesComponent
 COMPONENTS: tuple[type[Component], ...] = (
     PostgresComponent,
     RedisComponent,
+    RecoveryPostgresComponent,
+    RecoveryRedisComponent,
     S3Component,
     PlatformComponent,
     ReceiversComponent,
     KubernetesComponent,
+    # the TLS edge of the cluster: cert-manager issues the Ingress's Secret, the Ingress stand-in serves it
+    CertManagerComponent,
+    IngressComponent,
     PrefectServerComponent,
     # the alerting chain before the worker: the worker saves the environment's blocks, and they name the
     # Prometheus that is up (sandbox.blocks.sandbox_environment)

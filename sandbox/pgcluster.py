@@ -137,12 +137,21 @@ class PostgresCluster:
         self._run(argv, timeout_s=120, what="initdb")
 
     def running(self) -> bool:
+        """Whether the server runs: ``pg_ctl status`` exits 0 (running) or 3 (not running); anything else (4: the
+        data directory is out of the OS user's reach) is an error, never "not running", which would leave a server
+        behind."""
         if not self.initialized():
             return False
         result = processes.run(
             self._as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "status"]), timeout_s=10
         )
-        return result.returncode == 0
+        if result.returncode in (0, 3):
+            return result.returncode == 0
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise SandboxError(
+            f"postgres cluster on port {self.port}: pg_ctl status failed ({result.returncode}): {' '.join(tail)}",
+            hint=f"the {CLUSTER_OS_USER} OS user must reach {self.pgdata} (search permission on every parent)",
+        )
 
     def start(self) -> None:
         """Start the server (waits until it accepts connections); a running one is left alone."""

@@ -46,7 +46,7 @@ class EndpointHealth(BaseModel):
 
 
 class PlatformMetrics(BaseModel):
-    """The figures the runbook greps from /metrics: error rate, response time, CPU, memory."""
+    """The figures the runbook greps from /metrics: error rate, response time, CPU, memory, the V8 heap."""
 
     error_rate: float | None = None
     response_time_p95_s: float | None = None
@@ -54,6 +54,8 @@ class PlatformMetrics(BaseModel):
     requests_by_status: dict[str, float] = Field(default_factory=dict)
     cpu: float | None = None
     memory_bytes: float | None = None
+    heap_used_bytes: float | None = Field(default=None, description="nodejs_heap_used_bytes (the seed's grep)")
+    heap_total_bytes: float | None = Field(default=None, description="nodejs_heap_size_total_bytes")
     models_up: dict[str, bool] = Field(default_factory=dict)
 
 
@@ -77,6 +79,10 @@ def summarize_metrics(samples: list[MetricSample]) -> PlatformMetrics:
             metrics.cpu = s.value
         elif s.name == "process_resident_memory_bytes":
             metrics.memory_bytes = s.value
+        elif s.name == "nodejs_heap_used_bytes":
+            metrics.heap_used_bytes = s.value
+        elif s.name == "nodejs_heap_size_total_bytes":
+            metrics.heap_total_bytes = s.value
         elif s.name == "ai_model_up" and "model" in s.labels:
             metrics.models_up[s.labels["model"]] = s.value >= 1
     metrics.requests_by_status = dict(by_status)

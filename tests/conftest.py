@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +37,9 @@ from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
 
 TEST_ENVIRONMENT = "sandbox-test"
-SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes"]
+SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes", "cert-manager", "ingress"]
+#: the disaster-recovery target (a second PostgreSQL and a second Redis): started only by ``recovery_environment``
+RECOVERY_SERVICES = ["recovery-postgres", "recovery-redis"]
 
 
 _HANDED_OUT: set[int] = set()
@@ -204,11 +208,18 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "postgres_admin_dsn": os.environ.get(
             "RUNBOOKS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
         ),
+        "postgres_port": free_port(),  # the sandbox's own cluster, where the machine has PostgreSQL's binaries
+        # ... with its data outside pytest's basetemp: every pytest start on the machine strips the others' access
+        # to /tmp/pytest-of-<user> (mode 0700), and the cluster runs as the postgres user. Created by the cluster's
+        # initdb only (a test that never starts PostgreSQL leaves nothing); release_postgres removes it.
+        "postgres_data_dir": Path(tempfile.gettempdir()) / f"runbooks-pg-{RUN_ID}-{uuid.uuid4().hex[:8]}" / "main",
         "postgres_db": f"rb_test_{uuid.uuid4().hex[:8]}",
         "postgres_size": "3MB",
         "redis_url": redis_url,
         "redis_size": "1MB",
         "redis_port": free_port(),
+        "recovery_postgres_port": free_port(),
+        "recovery_redis_port": free_port(),
         "s3_port": free_port(),
         "platform_port": free_port(),
         "receivers_port": free_port(),
@@ -217,6 +228,7 @@ def make_settings(home: Path, redis_url: str, **overrides: object) -> SandboxSet
         "k8s_etcd_port": free_port(span=12),  # etcd client/peer, controller-manager +10, scheduler +11
         "k8s_kubelet_port": free_port(),
         "k8s_metrics_port": free_port(),
+        "ingress_port": free_port(),
         "gateway_port": free_port(),
         "prometheus_port": free_port(),
         "alertmanager_port": free_port(),
@@ -231,6 +243,24 @@ def drop_database(admin_dsn: str, dbname: str) -> None:
 
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def release_postgres(settings: SandboxSettings, record: dict[str, object]) -> None:
+    """After ``down``: the run's own cluster is deleted; on a shared server, the run's databases are dropped."""
+    from sandbox.components import PostgresComponent
+    from sandbox.config import SandboxState
+
+    component = PostgresComponent(settings, SandboxState(settings.home))
+    if component.kind(record) == "cluster":
+        component.cluster(Path(str(record["bin_dir"]))).destroy()
+    if settings.postgres_data_dir is not None:  # make_settings' directory of the run's cluster
+        shutil.rmtree(settings.postgres_data_dir.parent, ignore_errors=True)
+    if component.kind(record) == "cluster":
+        return
+    admin_dsn = str(record.get("admin_dsn") or settings.postgres_admin_dsn)
+    if component.kind(record) == "server":
+        drop_database(admin_dsn, settings.postgres_db)
+        drop_database(admin_dsn, f"{settings.postgres_db}_prefect")  # a Prefect server's, where one ran
 
 
 @pytest.fixture(scope="session")
@@ -251,8 +281,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None, red
         asyncio.run(apply_blocks(settings, box.state))
         yield box
     finally:
+        postgres = box.state.get("postgres")
         box.down(SERVICES)
-        drop_database(settings.postgres_admin_dsn, settings.postgres_db)
+        release_postgres(settings, postgres)
         with redis.Redis.from_url(settings.redis_url) as client:
             client.flushdb()
 
@@ -314,3 +345,32 @@ async def fresh_api_pods(cluster: KubernetesCluster, timeout_s: float = 120) -> 
             return
         assert time.monotonic() < deadline, f"the API's pods were not fresh again within {timeout_s}s: {pods}"
         await asyncio.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def recovery_environment(sandbox: Sandbox) -> Iterator[str]:
+    """The disaster-recovery target, started for the tests that ask for it: a second PostgreSQL (a cluster of the
+    sandbox's own, its directory in a ``tempfile.mkdtemp``, outside pytest's tmp dir) and a second redis-server,
+    on free ports, and the ``<environment>-recovery`` environment block pointing at them. Yields the block's name;
+    stopped and deleted at the end of the session."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from blocks.registry import save_environment
+    from sandbox.blocks import recovery_environment as recovery_block
+    from sandbox.blocks import recovery_environment_name
+
+    root = Path(tempfile.mkdtemp(prefix="rb-recovery-pg-"))
+    settings = sandbox.settings.model_copy(update={"recovery_postgres_dir": root})
+    box = Sandbox(settings)
+    try:
+        box.up(RECOVERY_SERVICES)
+        env = recovery_block(settings, box.state)
+        assert env is not None, "the recovery target did not come up"
+        name = recovery_environment_name(settings)
+        asyncio.run(save_environment(env, name))
+        yield name
+    finally:
+        box.down(RECOVERY_SERVICES)
+        shutil.rmtree(root, ignore_errors=True)

@@ -41,6 +41,35 @@ def test_no_secret_in_prefect_yaml() -> None:
         assert word not in text
 
 
+def test_high_memory_usage_routes_to_high_memory(tmp_path: Path) -> None:
+    """The gateway's event for a firing HighMemoryUsage (its resource names the alert, its payload the pod) is
+    matched by high-memory's trigger, by Prefect's own matching; another alert's is not (incident-triage's is)."""
+    from prefect.events import DeploymentTriggerTypes
+    from prefect.events.schemas.events import Resource
+    from pydantic import TypeAdapter
+
+    from runbooks.gateway.models import NormalizedAlert
+    from runbooks.gateway.store import GatewayStore
+
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "high-memory"]
+    [trigger] = deployment["triggers"]
+    assert trigger["expect"] == ["runbooks.incident.opened"]
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    labels = {"alertname": "HighMemoryUsage", "namespace": "production", "pod": "api-1", "container": "api"}
+    for name, extra in (("HighMemoryUsage", labels), ("HighErrorRate", {"alertname": "HighErrorRate"})):
+        store.accept([NormalizedAlert(fingerprint=name, name=name, status="firing", labels=extra, source="test")])
+    events = {e["resource"]["runbooks.alert.name"]: e for _, e in store.due()}
+    store.close()
+    spec = TypeAdapter(DeploymentTriggerTypes).validate_python(trigger).match  # as `prefect deploy` reads it
+    assert spec.includes([Resource.model_validate(events["HighMemoryUsage"]["resource"])])
+    assert not spec.includes([Resource.model_validate(events["HighErrorRate"]["resource"])])
+    assert events["HighMemoryUsage"]["payload"]["labels"]["pod"] == "api-1"
+    params = trigger["parameters"]
+    assert params["pod"] == "{{ event.payload.labels.pod }}" and params["dry_run"] is False
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    assert flow.name == "high-memory" and set(params) <= set(flow.parameters.properties)
+
+
 def test_verify_backup_runs_weekly_one_at_a_time() -> None:
     [deployment] = [d for d in DEPLOYMENTS if d["name"] == "verify-backup"]
     [schedule] = deployment["schedules"]
@@ -76,3 +105,31 @@ def test_weekly_maintenance_runs_on_sundays_before_verify_backup() -> None:
     assert starts + maintenance["parameters"]["window_minutes"] <= verify_starts  # its window closes first
     assert maintenance["concurrency_limit"]["limit"] == 1
     assert load_flow_from_entrypoint(str(ROOT / maintenance["entrypoint"])).name == "weekly-maintenance"
+
+
+def test_slow_queries_and_database_locks_start_db_performance() -> None:
+    """The gateway's incidents carry ``runbooks.alert.name``; db-performance's trigger matches those two alerts only."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.events.schemas.events import Resource
+
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == "db-performance"]
+    [trigger] = [DeploymentEventTrigger(**t) for t in deployment["triggers"]]
+    assert trigger.expect == {"runbooks.incident.opened"}
+
+    def incident(alert: str) -> Resource:
+        return Resource({"prefect.resource.id": "runbooks.incident.i-1", "runbooks.alert.name": alert})
+
+    assert trigger.match.matches(incident("SlowQueries")) and trigger.match.matches(incident("DatabaseLocks"))
+    assert not trigger.match.matches(incident("ModelDown"))
+    assert load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"])).name == "db-performance"
+
+
+def test_certificates_are_checked_daily_and_renewed_by_a_person() -> None:
+    [check] = [d for d in DEPLOYMENTS if d["name"] == "certificate-check"]
+    [renew] = [d for d in DEPLOYMENTS if d["name"] == "renew-certificate"]
+    [schedule] = check["schedules"]
+    minute, hour, day, month, weekday = schedule["cron"].split()
+    assert (day, month, weekday) == ("*", "*", "*") and schedule["timezone"] == "UTC" and schedule["active"] is False
+    assert "schedules" not in renew and renew["concurrency_limit"]["limit"] == 1
+    names = {load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).name for d in (check, renew)}
+    assert names == {"certificate-check", "renew-certificate"}

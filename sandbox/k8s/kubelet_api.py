@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sandbox.k8s.behaviour import ContainerSim, PodSim, PodStore, parse_time, rfc3339
+from sandbox.k8s.behaviour import ContainerSim, PodSim, PodStore, parse_quantity, parse_time, rfc3339
 from sandbox.k8s.logs import LogQuery, follow_lines, render
 
 log = logging.getLogger("sandbox.node.kubelet")
@@ -30,6 +30,7 @@ EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io",
 STORE: web.AppKey[PodStore] = web.AppKey("store", PodStore)
 PROCS: web.AppKey[set[asyncio.subprocess.Process]] = web.AppKey("procs")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+CADVISOR: web.AppKey[CollectorRegistry] = web.AppKey("cadvisor", CollectorRegistry)
 
 
 def _lookup(request: web.Request) -> tuple[PodSim, ContainerSim]:
@@ -211,8 +212,34 @@ class ResourceMetrics(Collector):
         return [node_cpu, node_mem, cpu, mem, start, scrape_error]
 
 
+class CadvisorSpecMetrics(Collector):
+    """Of the kubelet's ``/metrics/cadvisor``, the container specs' memory limits (what a cluster's alert on the
+    working set divides by: kube-state-metrics is not there). Labels as cAdvisor's, minus its ``id``/``image``/
+    ``name``: ``container``, ``namespace``, ``pod``. A container without a limit reports 0, as cAdvisor does."""
+
+    def __init__(self, store: PodStore) -> None:
+        self.store = store
+
+    def collect(self) -> list[Metric]:
+        limit = GaugeMetricFamily(
+            "container_spec_memory_limit_bytes",
+            "Memory limit for the container.",
+            labels=["container", "namespace", "pod"],
+        )
+        for pod in self.store.running():
+            specs = {c.get("name"): c for c in (pod.pod.get("spec") or {}).get("containers") or []}
+            for c in pod.containers.values():
+                limits = ((specs.get(c.name) or {}).get("resources") or {}).get("limits") or {}
+                limit.add_metric([c.name, pod.namespace, pod.name], parse_quantity(limits.get("memory")) or 0.0)
+        return [limit]
+
+
 async def metrics_resource(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(request.app[REGISTRY]), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def metrics_cadvisor(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(request.app[CADVISOR]), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 # --------------------------------------------------------------------------------------------------- exec
@@ -327,11 +354,14 @@ def create_app(store: PodStore) -> web.Application:
     app[PROCS] = set()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     app[REGISTRY].register(ResourceMetrics(store))
+    app[CADVISOR] = CollectorRegistry(auto_describe=False)
+    app[CADVISOR].register(CadvisorSpecMetrics(store))
     app.on_cleanup.append(_cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/pods", pods)
     app.router.add_get("/stats/summary", stats_summary)
     app.router.add_get("/metrics/resource", metrics_resource)
+    app.router.add_get("/metrics/cadvisor", metrics_cadvisor)
     app.router.add_get("/containerLogs/{ns}/{pod}/{container}", container_logs)
     for path in ("/exec/{ns}/{pod}/{container}", "/exec/{ns}/{pod}/{uid}/{container}"):
         app.router.add_route("GET", path, exec_command)

@@ -144,6 +144,8 @@ def bootstrap(admin: AdminClient) -> None:
                 {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": rw},
                 {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": rw},
                 {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ro},
+                # a disaster recovery's traffic switch points a Service at another namespace's pods
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": rw},
                 {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": ro},
                 {"apiGroups": ["cert-manager.io"], "resources": ["certificates"], "verbs": rw},
             ],

@@ -5,6 +5,7 @@ Read at each run (:func:`load_policy`); a bad file is a :class:`PolicyError` nam
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -94,8 +95,62 @@ class RedisPolicy(Strict):
     maintenance: RedisMaintenance
 
 
+class PostgresLimits(Strict):
+    max_connections_percent: float = Field(gt=0, le=100)
+    min_cache_hit_ratio: float = Field(ge=0, le=1)
+    long_running_s: float = Field(gt=0)
+    idle_in_transaction_s: float = Field(gt=0)
+
+
+class PostgresReads(Strict):
+    top: int = Field(ge=1, le=100)
+    large_table_bytes: int = Field(ge=0)
+    statement_timeout_s: float = Field(gt=0, le=600)
+
+
+class MaintenanceWindow(Strict):
+    """When REINDEX may run: ``days`` (mon..sun) from ``start_hour`` for ``hours`` (UTC)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    start_hour: int = Field(ge=0, le=23)
+    hours: float = Field(gt=0, le=24)
+
+    def contains(self, at: datetime) -> bool:
+        at = at.astimezone(UTC)
+        names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        for back in (0, 1):  # a window that began yesterday may still be open
+            day = at - timedelta(days=back)
+            if names[day.weekday()] not in self.days:
+                continue
+            start = day.replace(hour=self.start_hour, minute=0, second=0, microsecond=0)
+            if start <= at < start + timedelta(hours=self.hours):
+                return True
+        return False
+
+
+class PostgresPerformance(Strict):
+    long_query_s: float = Field(gt=0)
+    min_blocked_s: float = Field(ge=0)
+    cancel_wait_s: float = Field(gt=0, le=300)
+    terminate: bool
+    max_actions: int = Field(ge=1, le=100)
+    protected_applications: list[str]
+    modes: Modes
+    approval_timeout_s: int = Field(ge=10, le=86_400)
+    reindex_min_bloat_percent: float = Field(gt=0, le=100)
+    reindex_min_pages: int = Field(ge=1)
+    maintenance_window: MaintenanceWindow
+
+
+class PostgresPolicy(Strict):
+    reads: PostgresReads
+    limits: PostgresLimits
+    performance: PostgresPerformance
+
+
 class DiagnosticsPolicy(Strict):
     redis: RedisPolicy
+    postgres: PostgresPolicy
 
 
 def load_policy(path: Path = POLICY_PATH) -> DiagnosticsPolicy:

@@ -200,3 +200,71 @@ async def complete_mitigation_claim(
 
     async with kube(cluster, f"completing the mitigation claim of incident {incident} on {where}") as k:
         return await _compare_and_set(k, name, ns, claim_annotation(incident), decide, False)
+
+
+# ------------------------------------------------------------------------------------------ one at a time
+TURN_PREFIX = f"{OWN_ANNOTATION_PREFIX}turn."
+
+
+class Turn(BaseModel):
+    """Who may disrupt a Deployment's pods now (delete one of them): one run at a time."""
+
+    deployment: str
+    namespace: str
+    what: str
+    granted: bool = Field(description="True: this run holds the turn (it wrote it, or it held it already)")
+    run: str = Field(description="the run that holds it")
+    at: str = ""
+
+
+def _turn(raw: str | None) -> tuple[str, float] | None:
+    try:
+        data = json.loads(raw) if raw else None
+        return (str(data["run"]), float(data["at"])) if isinstance(data, dict) else None
+    except (ValueError, KeyError, TypeError):
+        return None  # unreadable: treated as free (a turn only spaces disruptions out, it guards no data)
+
+
+@idempotent_task
+async def claim_turn(
+    cluster: KubernetesCluster, name: str, what: str, run: str, *, hold_s: float, namespace: str | None = None
+) -> Turn:
+    """Take the turn ``what`` on Deployment ``name`` (annotation ``runbooks.io/turn.<what>``, compare-and-set)
+    unless another run took it less than ``hold_s`` ago: of several runs that each want to delete one pod of the
+    same Deployment (three alerts for three leaking replicas), one deletes at a time, and the next waits for its
+    turn (:func:`release_turn`, once the replacement is ready). A turn older than ``hold_s`` (its run died) is
+    taken over."""
+    ns = namespace_of(cluster, namespace)
+    stamp = datetime.now(UTC)
+    now = stamp.timestamp()
+
+    def decide(raw: str | None) -> tuple[object, Turn]:
+        held = _turn(raw)
+        if held is not None and held[0] != run and now - held[1] < hold_s:
+            at = datetime.fromtimestamp(held[1], UTC).isoformat()
+            return UNCHANGED, Turn(deployment=name, namespace=ns, what=what, granted=False, run=held[0], at=at)
+        granted = Turn(
+            deployment=name, namespace=ns, what=what, granted=True, run=run, at=datetime.now(UTC).isoformat()
+        )
+        return json.dumps({"run": run, "at": now}, separators=(",", ":")), granted
+
+    busy = Turn(deployment=name, namespace=ns, what=what, granted=False, run="(contended)")
+    async with kube(cluster, f"taking the turn {what} on Deployment {ns}/{name}") as k:
+        return await _compare_and_set(k, name, ns, TURN_PREFIX + what, decide, busy)
+
+
+@idempotent_task
+async def release_turn(
+    cluster: KubernetesCluster, name: str, what: str, run: str, namespace: str | None = None
+) -> bool:
+    """Give the turn ``what`` back if ``run`` holds it (compare-and-set: another run's turn is left alone)."""
+    ns = namespace_of(cluster, namespace)
+
+    def decide(raw: str | None) -> tuple[object, bool]:
+        held = _turn(raw)
+        if raw is None or (held is not None and held[0] != run):
+            return UNCHANGED, False
+        return None, True
+
+    async with kube(cluster, f"releasing the turn {what} on Deployment {ns}/{name}") as k:
+        return await _compare_and_set(k, name, ns, TURN_PREFIX + what, decide, False)

@@ -21,6 +21,8 @@ from tasks.backup.restore import read_manifest
 from tasks.backup.retention import StoredBackup, list_backups
 from tasks.backup.verification import run_verification
 from tasks.backup.verify import VerifiedRecord
+from tasks.certificates.check import check_certificates
+from tasks.certificates.policy import load_certificate_policy
 from tasks.maintenance.policy import MaintenancePolicy
 from tasks.maintenance.steps import Figure, StepResult, StepStatus, worst
 from tasks.platform import get_analytics_summary
@@ -465,8 +467,30 @@ async def backups(ctx: MaintenanceContext) -> StepResult:
 
 # ------------------------------------------------------------------------------------------- 8 certificates
 async def certificates(ctx: MaintenanceContext) -> StepResult:
-    """Placeholder until ``certificate-check`` lands: skipped, never a pass. Its check will be called from here."""
-    return _result(8, "certificates", "Certificates", "skipped", "skipped: certificate-check not built yet")
+    """``certificate-check``'s reading (:func:`tasks.certificates.check.check_certificates`): the handshake of each
+    Ingress host, the Secret, the Certificate's status; fail under the policy's page days or when a source cannot
+    be read, warn under its warn days or when they disagree. The daily check tells people; this step reports."""
+    number, name, title = 8, "certificates", "Certificates"
+    skipped = _skipped_without_kubernetes(number, name, title, ctx)
+    if skipped is not None:
+        return skipped
+    check = await check_certificates(ctx.env, ctx.environment, load_certificate_policy())
+    details = [
+        f"- {r.source} `{r.target}`: {r.level}"
+        + (f", until {r.not_after:%Y-%m-%d %H:%M} UTC ({r.days_left} days)" if r.not_after else "")
+        + (f" — {r.detail}" if r.detail else "")
+        for r in check.readings
+    ]
+    details += [f"- ⚠️ {d}" for d in check.disagreements]
+    figures: dict[str, Figure] = {
+        "days_left": check.days_left,
+        "disagreements": len(check.disagreements),
+        "failed_readings": len(check.errors),
+    }
+    status: StepStatus = (
+        "fail" if check.level == "page" or check.errors else check.level if check.level == "warn" else "pass"
+    )
+    return _result(number, name, title, status, check.summary(), figures=figures, details=details)
 
 
 # ------------------------------------------------------------------------------------------------ 9 cleanup

@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 from blocks.environment import RunbookEnvironment
 from kernel.errors import PrometheusError
 from tasks import kubernetes as k8s
+from tasks.diagnostics.policy import load_policy as load_diagnostics_policy
+from tasks.diagnostics.redis import sample_latency
 from tasks.platform import check_health, fetch_metrics, list_models
 from tasks.postgres import check_postgres
 from tasks.prometheus import query_instant
@@ -25,6 +27,8 @@ from tasks.triage.policy import TriagePolicy
 
 #: how long one enricher may take before it becomes an error finding: the first notification must not wait on it
 ENRICHER_TIMEOUT_S = 10.0
+#: the Redis latency sampling of a triage is at most this long (the diagnostics policy's may be longer)
+REDIS_LATENCY_S = 2.0
 
 
 class Finding(BaseModel):
@@ -197,6 +201,52 @@ async def enrich_redis(env: RunbookEnvironment, policy: TriagePolicy) -> Finding
     )
 
 
+async def enrich_redis_latency(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
+    """The seed's ``redis-cli --latency-history`` for a slow platform: PING round trips for a moment (at most
+    :data:`REDIS_LATENCY_S`), judged on the diagnostics policy's ``latency.max_p99_ms`` (what redis-diagnostics
+    judges by)."""
+    spec = load_diagnostics_policy().redis.latency
+    sample = await sample_latency(
+        env.redis, spec.model_copy(update={"duration_s": min(spec.duration_s, REDIS_LATENCY_S)})
+    )
+    p99 = sample.p99_ms
+    return Finding(
+        enricher="redis_latency",
+        ok=p99 is not None and p99 <= spec.max_p99_ms,
+        title=f"Redis latency p99 {_figure(p99, ' ms')} over {sample.samples} PINGs",
+        detail=f"min {_figure(sample.min_ms)} avg {_figure(sample.avg_ms)} max {_figure(sample.max_ms)} ms "
+        f"(healthy at most p99 {spec.max_p99_ms} ms)",
+        facts={"redis_latency_p99_ms": p99},
+    )
+
+
+async def enrich_provider_latency(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
+    """Response time per provider (the models' own figures, ``/api/v1/models``): which provider is slow. A provider
+    whose models answer slower on average than the policy's p95 limit is a slow one."""
+    limit_ms = policy.thresholds.response_time_p95_s * 1000
+    by_provider: dict[str, list[tuple[float, str]]] = {}
+    for model in await list_models(env.platform):
+        if model.response_time is not None:
+            by_provider.setdefault(model.provider, []).append((model.response_time, model.name))
+    figures = {
+        provider: (sum(ms for ms, _ in times) / len(times), max(times))
+        for provider, times in sorted(by_provider.items())
+    }
+    slow = sorted(p for p, (mean, _) in figures.items() if mean > limit_ms)
+    slowest = max(figures, key=lambda p: figures[p][0]) if figures else None
+    return Finding(
+        enricher="provider_latency",
+        ok=not slow,
+        title=f"{len(slow)} slow provider(s): {', '.join(slow) or '-'}"
+        + (f"; slowest {slowest} {figures[slowest][0]:.0f} ms" if slowest else ""),
+        detail="; ".join(
+            f"{p}: mean {mean:.0f} ms, max {top:.0f} ms ({model})" for p, (mean, (top, model)) in figures.items()
+        )
+        + f" (slow over {limit_ms:.0f} ms)",
+        facts={"slow_providers": slow},
+    )
+
+
 async def enrich_ingress(env: RunbookEnvironment, policy: TriagePolicy) -> Finding:
     ingresses = await k8s.list_ingresses(env.require_kubernetes())
     return Finding(
@@ -216,6 +266,8 @@ KUBERNETES_ENRICHERS: list[Enricher] = [
     enrich_error_logs,
     enrich_ingress,
 ]
+#: what one alert adds to every triage's: a slow platform looks at Redis's latency and at each provider's
+ALERT_ENRICHERS: dict[str, list[Enricher]] = {"HighResponseTime": [enrich_redis_latency, enrich_provider_latency]}
 #: what "resolved" re-reads: the figures the alert is about
 SMOKE_ENRICHERS: list[Enricher] = [enrich_health, enrich_metrics, enrich_models]
 
@@ -243,10 +295,11 @@ def facts_of(findings: list[Finding], alert_name: str, alert_severity: str | Non
     return facts
 
 
-async def diagnose(env: RunbookEnvironment, policy: TriagePolicy) -> list[Finding]:
-    """Every enricher the environment has systems for (Kubernetes ones only with a cluster)."""
+async def diagnose(env: RunbookEnvironment, policy: TriagePolicy, alert_name: str = "") -> list[Finding]:
+    """Every enricher the environment has systems for (Kubernetes ones only with a cluster), and the alert's own
+    (:data:`ALERT_ENRICHERS`)."""
     enrichers = PLATFORM_ENRICHERS + (KUBERNETES_ENRICHERS if env.kubernetes is not None else [])
-    return await run_enrichers(env, policy, enrichers)
+    return await run_enrichers(env, policy, enrichers + ALERT_ENRICHERS.get(alert_name, []))
 
 
 async def verify(env: RunbookEnvironment, policy: TriagePolicy) -> list[Finding]:

@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "alerting" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((ROOT / "alerting" / "tests").glob("*.yml"))
 POLICY = ROOT / "tasks" / "triage" / "policy.yaml"
+MEMORY_POLICY = ROOT / "tasks" / "memory" / "policy.yaml"
 
-#: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown
-EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown"}
+#: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown, plus the seed's
+#: "Performance Issues / High Memory Usage"
+EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown", "HighMemoryUsage"}
 
 
 def _rules() -> dict[str, dict[str, object]]:
@@ -77,17 +79,27 @@ def test_catalogue_alerts_use_the_catalogue_policy_and_route_to_their_flows() ->
     assert threshold("UnauthorizedAccessSpike") == policy["unauthorized_access"]["min_events"]
     assert threshold("ProviderHighLatency") == policy["model_latency"]["p95_ms"] / 1000
     assert threshold("LoadImbalance") == policy["lb_rebalance"]["max_share"]
-    routes = {
-        trigger["match"]["runbooks.alert.name"]: deployment["name"]
-        for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-        for trigger in deployment.get("triggers", [])
-        if "runbooks.alert.name" in trigger["match"]
-    }
-    assert routes == {
+    routes: dict[str, str] = {}
+    for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        for trigger in deployment.get("triggers", []):
+            names = trigger["match"].get("runbooks.alert.name", [])
+            for name in [names] if isinstance(names, str) else names:
+                routes[name] = deployment["name"]
+    catalogue = {
         "UnauthorizedAccessSpike": "security-unauthorized-access",
         "CircuitBreakerOpen": "circuit-breakers",
         "ProviderHighLatency": "model-latency",
         "LoadImbalance": "lb-rebalance",
     }
+    assert {alert: routes.get(alert) for alert in catalogue} == catalogue
     triage = yaml.safe_load(POLICY.read_text())["alerts"]
-    assert all(triage[alert]["mitigations"] == [] for alert in routes)
+    assert all(triage[alert]["mitigations"] == [] for alert in catalogue)
+
+
+def test_high_memory_fires_at_the_memory_policy_ratio() -> None:
+    """HighMemoryUsage's ratio is the memory policy's alert_ratio (one number, read by the flow's report too)."""
+    expr = str(_rules()["HighMemoryUsage"]["expr"]).strip()
+    match = re.search(r">\s*([0-9.]+)\s*$", expr)
+    assert match and float(match.group(1)) == yaml.safe_load(MEMORY_POLICY.read_text())["alert_ratio"]
+    # the limit is the container's own (cAdvisor's spec), so one rule fits pods of every size
+    assert "container_spec_memory_limit_bytes" in expr and "container_memory_working_set_bytes" in expr

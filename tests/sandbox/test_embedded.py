@@ -36,6 +36,7 @@ def test_embedded_postgres_when_none_answers(tmp_path: Path) -> None:
         tmp_path,
         f"redis://127.0.0.1:{free_port()}/0",
         postgres_admin_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+        postgres_cluster=False,  # no cluster of its own either
         postgres_size="1MB",
     )
     component = PostgresComponent(settings, SandboxState(settings.home))

@@ -14,7 +14,7 @@ import httpx
 
 from blocks.kubernetes import KubernetesCluster
 from kernel import processes
-from sandbox.faults import API_APP, FAULTS, inject
+from sandbox.faults import API_APP, FAULTS, POD_MEMORY_GROWTH_MIB_PER_MIN, inject
 from sandbox.manager import Sandbox
 from tests.conftest import fresh_api_pods
 
@@ -54,7 +54,10 @@ def test_faults_add_up_and_clear_undoes_them(
         deployment = _kubectl(admin_kubeconfig, "-n", "production", "get", "deployment", API_APP)
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
         rules = _node_rules(admin_kubeconfig)
-        assert rules == {"failing_images": [image], "memory_growth_mib_per_min": {API_APP: 50.0}}
+        assert rules == {
+            "failing_images": [image],
+            "memory_growth_mib_per_min": {API_APP: POD_MEMORY_GROWTH_MIB_PER_MIN},
+        }
 
         def crashing() -> bool:
             pods = _kubectl(admin_kubeconfig, "-n", "production", "get", "pods", "-l", f"app={API_APP}")["items"]

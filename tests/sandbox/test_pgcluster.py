@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -14,15 +17,26 @@ BIN_DIR = find_bin_dir()
 pytestmark = pytest.mark.skipif(BIN_DIR is None, reason="no PostgreSQL server binaries on this machine")
 
 
-def test_cluster_loads_pg_stat_statements_and_goes_away(tmp_path: Path) -> None:
+@pytest.fixture()
+def cluster_home() -> Iterator[Path]:
+    """Outside pytest's basetemp: every pytest start on the machine resets /tmp/pytest-of-<user> to 0700, and the
+    cluster runs as the postgres user when the suite runs as root (tests/conftest.py does the same)."""
+    home = Path(tempfile.mkdtemp(prefix="runbooks-pgcluster-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_cluster_loads_pg_stat_statements_and_goes_away(cluster_home: Path) -> None:
     assert BIN_DIR is not None
     assert has_extension(BIN_DIR, "pg_stat_statements")
     cluster = PostgresCluster(
         bin_dir=BIN_DIR,
-        pgdata=tmp_path / "pg" / "main",
+        pgdata=cluster_home / "pg" / "main",
         host="127.0.0.1",
         port=free_port(),
-        log_path=tmp_path / "logs" / "pg.log",
+        log_path=cluster_home / "logs" / "pg.log",
         settings={"shared_preload_libraries": "pg_stat_statements"},
     )
     cluster.start()

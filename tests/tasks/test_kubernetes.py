@@ -40,11 +40,13 @@ from tasks.kubernetes import (
     RolloutFailedError,
     RolloutTimeoutError,
     annotate_custom_resource,
+    claim_turn,
     create_namespace,
     delete_configmaps_by_prefix,
     delete_old_replicasets,
     delete_pod,
     deployment_logs,
+    describe_pod,
     exec_in_deployment,
     exec_in_pod,
     export_custom_resources,
@@ -64,6 +66,7 @@ from tasks.kubernetes import (
     read_last_known_good,
     record_last_known_good,
     release_hpa_floors,
+    release_turn,
     rollout_history,
     rollout_restart,
     rollout_status,
@@ -77,6 +80,7 @@ from tasks.kubernetes import (
 )
 from tasks.kubernetes._api import kube
 from tasks.kubernetes.custom import CustomResourceType
+from tasks.kubernetes.secrets import copy_secret, delete_secret, read_tls_secret, restore_secret
 
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")
 
@@ -580,6 +584,61 @@ async def test_delete_pod(kubernetes_cluster: KubernetesCluster, admin: ApiClien
     assert gone.outcome == "already-gone"
 
 
+async def test_describe_pod_as_kubectl_describe(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """A production API pod: its limits, its owner up to the Deployment; a crash-looping one: restarts and the last
+    termination's reason and exit code, as the pod's status says (high-memory reads OOMKilled there)."""
+    (pod, *_) = await list_pods(kubernetes_cluster, label_selector="app=ai-multimodel-api")
+    described = await describe_pod(kubernetes_cluster, pod.name)
+    api = described.container()
+    assert (api.name, api.limits["memory"], api.requests["memory"]) == ("ai-multimodel-api", "4Gi", "1Gi")
+    assert described.owner is not None and described.owner.startswith("ReplicaSet/ai-multimodel-api-")
+    assert described.deployment == "ai-multimodel-api" and api.state == "Running"
+    with pytest.raises(KubernetesError, match="no container 'sidecar'"):
+        described.container("sidecar")
+
+    await make_deployment(admin, scratch, "crasher", replicas=1, behaviour="crashloop")
+
+    async def restarted() -> Any:
+        pods = await list_pods(kubernetes_cluster, scratch)
+        return pods and pods[0].restarts >= 1 and (await describe_pod(kubernetes_cluster, pods[0].name, scratch))
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while not (crashed := await restarted()):
+        assert asyncio.get_running_loop().time() < deadline, "the crashloop pod never restarted"
+        await asyncio.sleep(1)
+    c = crashed.container()
+    raw = (await CoreV1Api(admin).read_namespaced_pod(crashed.pod.name, scratch)).status.container_statuses[0]
+    assert c.restarts >= 1 and c.state.startswith("Waiting (CrashLoopBackOff")
+    assert (c.last_termination_reason, c.last_termination_exit_code) == ("Error", 1)
+    assert raw.last_state.terminated.reason == "Error" and c.limits == {}  # no limit: none reported
+    assert crashed.deployment == "crasher"
+
+
+async def test_one_turn_at_a_time_on_a_deployment(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """claim_turn: of two runs one holds it, the other is told who; released, the other gets it; a turn older than
+    hold_s (its run died) is taken over; a run never releases another's."""
+    await make_deployment(admin, scratch, "demo-api", replicas=1)
+    a = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    b = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    assert (a.granted, b.granted, b.run) == (True, False, "run-a")
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", hold_s=600, namespace=scratch)
+    ).granted
+    assert not await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", scratch)
+    assert await release_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-a", scratch)
+    annotations = (await AppsV1Api(admin).read_namespaced_deployment("demo-api", scratch)).metadata.annotations or {}
+    assert "runbooks.io/turn.delete-pod" not in annotations  # given back: gone from the object
+    assert (
+        await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-b", hold_s=600, namespace=scratch)
+    ).granted
+    stale = await claim_turn(kubernetes_cluster, "demo-api", "delete-pod", "run-c", hold_s=0, namespace=scratch)
+    assert stale.granted and stale.run == "run-c"
+
+
 async def test_old_replicasets_clean_up(kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str) -> None:
     await make_deployment(admin, scratch, "demo-api", replicas=0)  # no pods: each image is a new revision at once
     for tag in ("v2", "v3", "v4"):
@@ -653,3 +712,35 @@ async def test_annotate_certificate(kubernetes_cluster: KubernetesCluster, admin
     assert removed.changed and key not in removed.annotations
     cert = await get_custom_resource(kubernetes_cluster, CERTIFICATE, "ai-multimodel-tls", scratch)
     assert key not in cert.annotations and cert.spec["dnsNames"] == ["x.example"]
+
+
+async def test_tls_secret_read_copied_deleted_and_created_again(
+    kubernetes_cluster: KubernetesCluster, admin: ApiClient, scratch: str
+) -> None:
+    """The renewal's Secret steps (tasks/kubernetes/secrets.py): the certificate is read and the key never is, the
+    copy shows nothing, a delete is idempotent, the copy creates the same Secret again and never overwrites one."""
+    crt = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    key = b"-----BEGIN PRIVATE KEY-----\nsecret-key-material\n-----END PRIVATE KEY-----\n"
+    data = {"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()}
+    await CoreV1Api(admin).create_namespaced_secret(
+        scratch,
+        {"metadata": {"name": "edge-tls", "annotations": {"a": "b"}}, "type": "kubernetes.io/tls", "data": data},
+    )
+    read = await read_tls_secret.fn(kubernetes_cluster, "edge-tls", scratch)
+    assert read is not None and read.certificate_pem == crt.decode() and read.has_key and read.annotations == {"a": "b"}
+    assert "secret-key-material" not in read.model_dump_json()
+    assert await read_tls_secret.fn(kubernetes_cluster, "missing-tls", scratch) is None
+
+    copy = await copy_secret.fn(kubernetes_cluster, "edge-tls", scratch)
+    assert data["tls.key"] not in repr(copy) and data["tls.key"] not in copy.model_dump_json()
+    assert [(await delete_secret.fn(kubernetes_cluster, "edge-tls", scratch)).outcome for _ in range(2)] == [
+        "deleted",
+        "already-gone",
+    ]
+    restored = await restore_secret.fn(kubernetes_cluster, copy.manifest)
+    assert restored.outcome == "created"
+    again = await CoreV1Api(admin).read_namespaced_secret("edge-tls", scratch)
+    assert again.data == data and again.type == "kubernetes.io/tls" and again.metadata.annotations == {"a": "b"}
+    with pytest.raises(KubernetesError) as err:
+        await restore_secret.fn(kubernetes_cluster, copy.manifest)
+    assert err.value.status_code == 409

@@ -29,6 +29,14 @@ def test_parse_and_summarize_metrics() -> None:
     assert m.requests_total == 1000 and m.requests_by_status == {"2xx": 900, "5xx": 100}
     assert m.error_rate == 0.1 and m.response_time_p95_s == 1.5 and m.memory_bytes == 1.5e9
     assert m.models_up == {"gpt-4": False, "qwen": True}
+    assert m.heap_used_bytes is None  # no heap figures: said as such, never 0
+
+
+def test_the_heap_figures_are_kept() -> None:
+    """The seed's `curl .../metrics | grep nodejs_heap`: high-memory reports the V8 heap beside the pods."""
+    text = "nodejs_heap_used_bytes 4.5e+08\nnodejs_heap_size_total_bytes 5.85e+08\nnodejs_external_memory_bytes 1e+07\n"
+    m = summarize_metrics(parse_prometheus(text))
+    assert (m.heap_used_bytes, m.heap_total_bytes) == (4.5e8, 5.85e8)
 
 
 def test_label_values_may_hold_braces_commas_and_escaped_quotes() -> None:

@@ -389,15 +389,15 @@ async def test_kubelet_api_requires_a_cluster_client_certificate(cluster: Kubern
         assert (response.status, await response.text()) == (200, "ok")
 
 
-async def _resource_metrics(cluster: KubernetesComponent) -> dict[str, list[Any]]:
-    """The kubelet's ``/metrics/resource``, fetched with Prometheus's client certificate and parsed by
-    prometheus_client's own text parser (samples by metric family name)."""
+async def _resource_metrics(cluster: KubernetesComponent, path: str = "resource") -> dict[str, list[Any]]:
+    """The kubelet's ``/metrics/<path>`` (``resource``, ``cadvisor``), fetched with Prometheus's client certificate
+    and parsed by prometheus_client's own text parser (samples by metric family name)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     pki = cluster.pki
     tls = ssl.create_default_context(cafile=str(pki.dir / "ca.crt"))
     tls.load_cert_chain(str(pki.path("prometheus").cert), str(pki.path("prometheus").key))
-    url = f"https://127.0.0.1:{cluster.settings.k8s_kubelet_port}/metrics/resource"
+    url = f"https://127.0.0.1:{cluster.settings.k8s_kubelet_port}/metrics/{path}"
     async with aiohttp.ClientSession() as http, http.get(url, ssl=tls) as response:
         assert response.status == 200 and response.content_type == "text/plain"
         text = await response.text()
@@ -422,6 +422,29 @@ async def test_kubelet_resource_metrics_in_prometheus_format(
         return all(now[p] > cpu[p] for p in pods)
 
     await wait_for(cpu_grew, 10, "container CPU seconds growing between scrapes")
+
+
+async def test_kubelet_cadvisor_serves_the_memory_limits(
+    workload: client.ApiClient, cluster: KubernetesComponent
+) -> None:
+    """``/metrics/cadvisor``'s ``container_spec_memory_limit_bytes`` (what HighMemoryUsage divides by): a container's
+    limit in bytes, 0 for a container without one (cAdvisor's "none"), as the pods' specs say."""
+    core, apps = client.CoreV1Api(workload), client.AppsV1Api(workload)
+    limited = _deployment("capped", API_IMAGE, 1)
+    limited["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] = {"memory": "768Mi"}
+    await apps.create_namespaced_deployment(NS, limited)
+    try:
+        await wait_for(lambda: _available(apps, "capped"), 30, "Deployment capped available")
+        pods = {p.metadata.name: p.metadata.labels["app"] for p in (await core.list_namespaced_pod(NS)).items}
+        limits = {
+            s.labels["pod"]: s.value
+            for s in (await _resource_metrics(cluster, "cadvisor"))["container_spec_memory_limit_bytes"]
+            if s.labels["namespace"] == NS
+        }
+        assert {pods.get(p) for p in limits if limits[p] == 768 * 2**20} == {"capped"}
+        assert {pods.get(p) for p in limits if limits[p] == 0} >= {"api"}  # requests only: no limit
+    finally:
+        await apps.delete_namespaced_deployment("capped", NS)
 
 
 async def test_prometheus_scrapes_the_kubelet(

@@ -120,3 +120,52 @@ async def test_prometheus_down_falls_back_to_metrics_and_says_why(monkeypatch: p
     finding = await enrich_metrics(env, load_policy())
     assert finding.ok is False and finding.facts["error_rate"] == 0.5
     assert "failed" in finding.facts["metrics_source"] and "cannot reach Prometheus" in finding.facts["metrics_source"]
+
+
+async def test_a_slow_platform_looks_at_each_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HighResponseTime's per-provider latency: the mean of the models' own response times, judged on the p95 limit."""
+    from tasks.platform import ModelStatus
+
+    async def models(platform: Any) -> list[ModelStatus]:
+        rows = [("gpt-4", "openai", 3200.0), ("gpt-3.5-turbo", "openai", 2900.0), ("claude", "anthropic", 400.0)]
+        return [ModelStatus(name=n, provider=p, status="healthy", response_time=ms) for n, p, ms in rows]
+
+    monkeypatch.setattr(enrichers, "list_models", models)
+    env = cast(RunbookEnvironment, type("Env", (), {"platform": None})())
+    finding = await enrichers.enrich_provider_latency(env, load_policy())
+    assert not finding.ok and finding.facts == {"slow_providers": ["openai"]}
+    assert "openai: mean 3050 ms, max 3200 ms (gpt-4)" in finding.detail and "anthropic: mean 400 ms" in finding.detail
+
+
+async def test_only_high_response_time_adds_the_latency_enrichers(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: dict[str, list[str]] = {}
+
+    async def record(env: Any, policy: Any, chosen: list[Any]) -> list[Finding]:
+        ran[alert] = [e.__name__ for e in chosen]
+        return []
+
+    monkeypatch.setattr(enrichers, "run_enrichers", record)
+    env = cast(RunbookEnvironment, type("Env", (), {"kubernetes": None})())
+    for alert in ("HighResponseTime", "ModelDown"):
+        await enrichers.diagnose(env, load_policy(), alert)
+    added = {"enrich_redis_latency", "enrich_provider_latency"}
+    assert added <= set(ran["HighResponseTime"]) and not added & set(ran["ModelDown"])
+
+
+@pytest.mark.usefixtures("prefect_harness")
+async def test_redis_latency_is_sampled_and_judged_on_the_diagnostics_policy(
+    spare_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.diagnostics.policy import load_policy as load_diagnostics_policy
+
+    monkeypatch.setattr(enrichers, "REDIS_LATENCY_S", 0.3)
+    env = cast(RunbookEnvironment, type("Env", (), {"redis": spare_redis})())
+    finding = await enrichers.enrich_redis_latency(env, load_policy())
+    limit = load_diagnostics_policy().redis.latency.max_p99_ms
+    p99 = finding.facts["redis_latency_p99_ms"]
+    assert p99 is not None and p99 > 0 and finding.ok is (p99 <= limit) and "PINGs" in finding.title
+
+    strict = load_diagnostics_policy()
+    strict.redis.latency.max_p99_ms = 1e-6  # no round trip is that fast: judged slow
+    monkeypatch.setattr(enrichers, "load_diagnostics_policy", lambda: strict)
+    assert not (await enrichers.enrich_redis_latency(env, load_policy())).ok

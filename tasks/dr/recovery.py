@@ -1,0 +1,415 @@
+"""One recovery, start to verified: what ``disaster-recovery`` and ``dr-drill`` both run (a flow never imports another).
+
+1. the backup: the one asked for, else the newest *verified* daily backup, else the newest complete one (said loudly);
+2. the preflight (:mod:`tasks.dr.plan`): published before anything changes; a refused target stops here;
+3. the restore, in Velero's order: the namespace labelled ``disaster-recovery=true``, the Secrets decrypted in this
+   process, the ConfigMaps, then Services, Deployments, Ingress, HPA and Certificates; PostgreSQL (``pg_restore -j``)
+   and Redis run concurrently with the Kubernetes chain, a progress artifact counting the parts done;
+4. the verification: Deployments available, row counts and Redis keys equal to the manifest, the smoke suite against
+   the recovery environment.
+
+Every phase is timed into :class:`~tasks.dr.report.DrReport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+
+from blocks.environment import RunbookEnvironment
+from blocks.kubernetes import KubernetesCluster
+from blocks.postgres import PostgresDatabase
+from blocks.redis import RedisDatabase
+from tasks.backup.kubernetes import read_encrypted
+from tasks.backup.manifest import IncompleteBackupError, Manifest
+from tasks.backup.restore import (
+    check_row_counts,
+    count_table_rows,
+    create_database,
+    download_objects,
+    find_backup,
+    restore_archive,
+)
+from tasks.backup.retention import list_backups
+from tasks.backup.verify import drop_database
+from tasks.dr.data import count_redis_keys, database_exists, flush_redis_database, restore_redis
+from tasks.dr.manifests import secret_names, secrets_for
+from tasks.dr.plan import (
+    Action,
+    DisasterRecoveryError,
+    KubernetesPayload,
+    PlannedObject,
+    RecoveryPlan,
+    check_targets,
+    fetch_kubernetes,
+)
+from tasks.dr.policy import DrPolicy
+from tasks.dr.report import DrReport
+from tasks.kubernetes.deployments import rollout_status
+from tasks.kubernetes.namespaces import create_namespace
+from tasks.kubernetes.restore import RESTORABLE, apply_objects, apply_secrets, list_restorable, read_namespace_labels
+from tasks.reporting import describe_error, start_progress, update_progress
+from tasks.smoke import run_smoke_suite
+
+
+def admin_block(db: PostgresDatabase) -> PostgresDatabase:
+    """The same server, database ``postgres``: where databases are created, dropped and looked up."""
+    return PostgresDatabase(dsn=db.conninfo(dbname="postgres"), connect_timeout_s=db.connect_timeout_s)
+
+
+@dataclass
+class RecoveryTarget:
+    """Where a recovery goes: the recovery environment's cluster, namespace, PostgreSQL server and database name,
+    and Redis database."""
+
+    environment: str
+    env: RunbookEnvironment
+    namespace: str | None
+    postgres: PostgresDatabase
+    database: str
+    redis: RedisDatabase
+
+    @property
+    def cluster(self) -> KubernetesCluster | None:
+        return self.env.kubernetes
+
+
+# ------------------------------------------------------------------------------------------------- the backup
+async def choose_backup(env: RunbookEnvironment, environment: str, backup_id: str | None) -> tuple[Manifest, str]:
+    """The manifest to recover from, and how it was chosen."""
+    if backup_id is not None:
+        return await find_backup(env.backups, "daily", environment, backup_id), "asked for"
+    backups = [b for b in await list_backups(env.backups, environment, "daily") if b.status == "completed"]
+    if not backups:
+        raise IncompleteBackupError(f"daily/{environment}/", "there is no completed daily backup under it")
+    verified = [b for b in backups if b.verified]
+    if verified:
+        chosen = max(verified, key=lambda b: b.backup_id)
+        return await find_backup(env.backups, "daily", environment, chosen.backup_id), "the newest verified backup"
+    newest = max(backups, key=lambda b: b.backup_id)
+    get_run_logger().warning(
+        "NO VERIFIED BACKUP of %s: recovering from the newest complete one, %s, which no verify-backup has restored",
+        environment,
+        newest.backup_id,
+    )
+    manifest = await find_backup(env.backups, "daily", environment, newest.backup_id)
+    return manifest, "⚠️ NO VERIFIED BACKUP: the newest complete one, never verified"
+
+
+# ------------------------------------------------------------------------------------------------- preflight
+async def build_plan(
+    source: RunbookEnvironment,
+    source_name: str,
+    target: RecoveryTarget,
+    manifest: Manifest,
+    choice: str,
+    *,
+    overwrite: bool,
+) -> tuple[RecoveryPlan, KubernetesPayload | None]:
+    """The preflight: reads only."""
+    plan = RecoveryPlan(
+        source_environment=source_name,
+        recovery_environment=target.environment,
+        backup_id=manifest.backup_id,
+        backup_prefix=manifest.prefix,
+        backup_choice=choice,
+        snapshot_at=manifest.started_at,
+        overwrite=overwrite,
+    )
+    plan.refused = check_targets(source, target.namespace, target.postgres, target.database, target.redis)
+    action: Action = "overwrite" if overwrite else "skip"
+
+    payload: KubernetesPayload | None = None
+    source_ns = source.kubernetes.namespace if source.kubernetes is not None else None
+    if source_ns is not None and target.cluster is not None and target.namespace:
+        payload = await fetch_kubernetes(source.backups, manifest, source_ns)
+    if payload is None:
+        plan.skipped.append("Kubernetes: the backup holds no export of the source namespace, or no cluster/namespace")
+    else:
+        assert target.cluster is not None and target.namespace is not None
+        plan.source_namespace, plan.namespace = payload.source_namespace, target.namespace
+        labels = await read_namespace_labels(target.cluster, target.namespace)
+        plan.namespace_exists = labels is not None
+        existing = (
+            await list_restorable(target.cluster, target.namespace, list(RESTORABLE)) if plan.namespace_exists else {}
+        )
+        names = [("Secret", n) for n in await _secret_names(source, payload)]
+        names += [(o["kind"], str(o["metadata"]["name"])) for o in payload.restore.objects]
+        for kind, name in names:
+            exists = name in existing.get(kind, [])
+            plan.objects.append(
+                PlannedObject(
+                    kind=kind,
+                    name=name,
+                    action=action if exists else "create",
+                    note="exists in the target" + (": will be REPLACED" if overwrite else ": left as it is")
+                    if exists
+                    else "",
+                )
+            )
+        plan.left_out = payload.restore.left_out
+
+    postgres = manifest.postgres
+    if postgres is None or len(manifest.objects_of("postgres")) != 1:
+        plan.skipped.append("PostgreSQL: the backup holds no dump")
+    else:
+        plan.database, plan.database_address = target.database, target.postgres.safe_address.rsplit("/", 1)[0]
+        plan.database_exists = await database_exists(admin_block(target.postgres), target.database)
+        plan.database_action = action if plan.database_exists else "create"
+        plan.expected_rows = dict(postgres.row_counts)
+
+    redis_info = manifest.redis
+    if redis_info is None or len(manifest.objects_of("redis")) != 1:
+        plan.skipped.append("Redis: the backup holds no RDB")
+    else:
+        plan.redis_address, plan.redis_source_db = target.redis.safe_address, redis_info.db
+        plan.redis_existing_keys = await count_redis_keys(target.redis)
+        plan.redis_action = action if plan.redis_existing_keys else "create"
+        plan.expected_redis_keys = redis_info.key_count
+    return plan, payload
+
+
+async def _secret_names(source: RunbookEnvironment, payload: KubernetesPayload) -> list[str]:
+    """The names of the backup's Secrets (decrypted in memory to read them; the values go nowhere)."""
+    if payload.secrets_object is None:
+        return []
+    key = source.require_backup_encryption()
+    import yaml
+
+    clear = await asyncio.to_thread(read_encrypted, source.backups, payload.secrets_object, key)
+    names = secret_names(yaml.safe_load(clear.get_secret_value()) or {})
+    del clear
+    return names
+
+
+# --------------------------------------------------------------------------------------------------- restore
+@asynccontextmanager
+async def phase(report: DrReport, name: str) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.phases[name] = round(time.perf_counter() - started, 3)
+
+
+class _Progress:
+    """A progress artifact counting the restore's steps done (a display only: a refused update stops it)."""
+
+    def __init__(self, key: str, total: int) -> None:
+        self.key, self.total, self.done = key, max(total, 1), 0
+        self.artifact: Any = None
+
+    async def start(self, description: str) -> None:
+        try:
+            self.artifact = await start_progress(self.key, description)
+        except Exception as err:  # noqa: BLE001 - only a display
+            get_run_logger().warning("No progress artifact: %s", describe_error(err))
+
+    async def step(self, what: str) -> None:
+        self.done += 1
+        get_run_logger().info("Restore step %d/%d done: %s", self.done, self.total, what)
+        if self.artifact is not None:
+            try:
+                await update_progress(self.artifact, 100.0 * self.done / self.total, what)
+            except Exception:  # noqa: BLE001 - only a display
+                self.artifact = None
+
+
+async def restore(
+    source: RunbookEnvironment,
+    target: RecoveryTarget,
+    manifest: Manifest,
+    plan: RecoveryPlan,
+    payload: KubernetesPayload | None,
+    policy: DrPolicy,
+    report: DrReport,
+    progress_key: str,
+) -> None:
+    """The Kubernetes chain, PostgreSQL and Redis, concurrently; the first failure cancels the others."""
+    overwrite = plan.overwrite
+    steps = (4 if payload is not None else 0) + (2 if plan.database else 0) + (1 if plan.redis_address else 0)
+    progress = _Progress(progress_key, steps)
+    await progress.start(f"Restoring {manifest.prefix} into {target.environment}")
+
+    async def kubernetes() -> None:
+        assert payload is not None and target.cluster is not None and target.namespace is not None
+        cluster, ns = target.cluster, target.namespace
+        async with phase(report, "kubernetes"):
+            created = await create_namespace(cluster, ns, labels=policy.label)
+            report.namespace_created = created.created
+            await progress.step(f"namespace {ns} labelled {policy.namespace_label}")
+            if payload.secrets_object is not None:
+                key = source.require_backup_encryption()
+                clear = await asyncio.to_thread(read_encrypted, source.backups, payload.secrets_object, key)
+                result = await apply_secrets(cluster, ns, secrets_for(clear, manifest.prefix), overwrite=overwrite)
+                del clear
+                report.add_applied(result)
+            await progress.step("Secrets (decrypted in memory)")
+            configmaps = [o for o in payload.restore.objects if o["kind"] == "ConfigMap"]
+            report.add_applied(await apply_objects(cluster, ns, configmaps, overwrite=overwrite))
+            await progress.step("ConfigMaps")
+            rest = [o for o in payload.restore.objects if o["kind"] != "ConfigMap"]
+            report.add_applied(await apply_objects(cluster, ns, rest, overwrite=overwrite))
+            await progress.step("Services, Deployments, Ingress, HPA, Certificates")
+
+    async def postgres(tmp: Path) -> None:
+        async with phase(report, "postgres"):
+            [archive] = await download_objects(source.backups, manifest.objects_of("postgres"), tmp)
+            await progress.step("PostgreSQL dump downloaded and verified")
+            admin = admin_block(target.postgres)
+            if plan.database_exists:
+                if not overwrite:
+                    report.skipped.append(f"PostgreSQL: database {target.database} exists, left as it is")
+                    return
+                await drop_database(admin, target.database)
+                report.replaced.append(f"database {target.database}")
+            await create_database(admin, target.database)
+            report.database_created = True
+            await restore_archive(target.postgres, archive, dbname=target.database, jobs=policy.pg_restore_jobs)
+            await progress.step(f"pg_restore -j {policy.pg_restore_jobs} into {target.database}")
+
+    async def redis(tmp: Path) -> None:
+        async with phase(report, "redis"):
+            info = manifest.redis
+            assert info is not None
+            if plan.redis_existing_keys and not overwrite:
+                report.skipped.append(
+                    f"Redis: {target.redis.safe_address} holds {plan.redis_existing_keys} key(s), left as they are"
+                )
+                return
+            if plan.redis_existing_keys:
+                await flush_redis_database(target.redis)
+                report.replaced.append(f"Redis {target.redis.safe_address} ({plan.redis_existing_keys} keys flushed)")
+            [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
+            copied = await restore_redis(rdb, target.redis, source_db=info.db)
+            report.redis_restored_keys, report.redis_expired_keys = copied.restored, copied.expired
+            if copied.expired:
+                report.notes.append(f"Redis: {copied.expired} key(s) of the backup had expired since: not restored")
+            report.redis_touched = True
+            await progress.step(f"Redis db {info.db} of the backup into {target.redis.safe_address}")
+
+    with tempfile.TemporaryDirectory(prefix="rb-dr-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        jobs: list[Awaitable[None]] = []
+        if payload is not None:
+            jobs.append(kubernetes())
+        if plan.database:
+            (tmp / "pg").mkdir()
+            jobs.append(postgres(tmp / "pg"))
+        if plan.redis_address:
+            (tmp / "redis").mkdir()
+            jobs.append(redis(tmp / "redis"))
+        await _all_or_nothing(jobs)
+
+
+async def _all_or_nothing(jobs: list[Awaitable[None]]) -> None:
+    tasks = [asyncio.ensure_future(j) for j in jobs]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------- verify
+async def verify(
+    target: RecoveryTarget, manifest: Manifest, plan: RecoveryPlan, policy: DrPolicy, report: DrReport
+) -> None:
+    """Deployments available, row counts and Redis keys equal to the manifest, the smoke suite: every failure
+    listed, then one :class:`DisasterRecoveryError`."""
+    failures: list[str] = []
+    if target.cluster is not None and target.namespace and plan.namespace:
+        deployments = [o.name for o in plan.objects if o.kind == "Deployment"]
+        results = await asyncio.gather(
+            *[
+                rollout_status(
+                    target.cluster,
+                    name,
+                    target.namespace,
+                    timeout_s=policy.deployments_timeout_s,
+                    poll_s=policy.deployments_poll_s,
+                )
+                for name in deployments
+            ],
+            return_exceptions=True,
+        )
+        for name, result in zip(deployments, results, strict=True):
+            if isinstance(result, BaseException):
+                failures.append(f"Deployment {target.namespace}/{name} not available: {describe_error(result)}")
+            else:
+                report.deployments[name] = f"{result.deployment.available}/{result.deployment.replicas} available"
+    if plan.database and report.database_created:
+        report.restored_rows = await count_table_rows(target.postgres, target.database, list(plan.expected_rows))
+        try:
+            check_row_counts(target.database, plan.expected_rows, report.restored_rows)
+        except Exception as err:  # noqa: BLE001 - listed with the others
+            failures.append(describe_error(err))
+    if plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None:
+        report.redis_keys = await count_redis_keys(target.redis)
+        expired = report.redis_expired_keys or 0
+        allowed = int(plan.expected_redis_keys * policy.redis_key_tolerance)
+        if abs(report.redis_keys + expired - plan.expected_redis_keys) > allowed:
+            failures.append(
+                f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (+{expired} expired since the "
+                f"backup), the manifest says {plan.expected_redis_keys} (db {plan.redis_source_db} of the backup)"
+            )
+    smoke = await run_smoke_suite(target.env.platform, target.environment)
+    report.smoke = smoke.summary()
+    if not smoke.passed:
+        failures.append(f"smoke suite against {target.environment}: {smoke.summary()}")
+    if failures:
+        report.verification_failures = failures
+        raise DisasterRecoveryError(
+            f"recovery of {manifest.prefix} into {target.environment} failed verification: " + "; ".join(failures),
+            hint="the recovery target is not fit to take traffic; see the disaster-recovery artifact",
+            transient=False,
+        )
+
+
+# -------------------------------------------------------------------------------------------------- teardown
+async def teardown(target: RecoveryTarget, policy: DrPolicy, report: DrReport) -> list[str]:
+    """A drill's clean-up: its namespace, scratch database and scratch Redis database, each tried even when another
+    fails; returns what could not be removed."""
+    from tasks.kubernetes.restore import delete_recovery_namespace
+
+    problems: list[str] = []
+
+    async def attempt(what: str, step: Awaitable[Any]) -> None:
+        try:
+            await step
+            report.torn_down.append(what)
+        except Exception as err:  # noqa: BLE001 - every part of the teardown is tried
+            problems.append(f"{what}: {describe_error(err)}")
+
+    if target.cluster is not None and target.namespace:
+        await attempt(
+            f"namespace {target.namespace}",
+            delete_recovery_namespace(
+                target.cluster, target.namespace, policy.namespace_label, timeout_s=policy.deployments_timeout_s
+            ),
+        )
+    await attempt(f"database {target.database}", drop_database(admin_block(target.postgres), target.database))
+    await attempt(f"Redis {target.redis.safe_address}", flush_redis_database(target.redis))
+    report.teardown_problems = problems
+    return problems
+
+
+__all__ = [
+    "RecoveryTarget",
+    "admin_block",
+    "build_plan",
+    "choose_backup",
+    "restore",
+    "teardown",
+    "verify",
+]

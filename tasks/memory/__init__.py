@@ -1,0 +1,1 @@
+"""The high-memory runbook's policy and planning (flows/high_memory.py)."""
