@@ -1,4 +1,4 @@
-"""The operator's command line: ``runbooks sandbox|blocks|check|run|gateway|worker``.
+"""The operator's command line: ``runbooks sandbox|blocks|check|run|gateway|actions|worker``.
 
 Every failure the operator can fix is one line on stderr (exit 2), never a traceback.
 """
@@ -203,6 +203,36 @@ def cmd_gateway_replay(args: argparse.Namespace) -> int:
     return 2 if missing else 0
 
 
+# ------------------------------------------------------------------------------------------------ actions
+def cmd_actions(args: argparse.Namespace) -> int:
+    """The catalogue's temporary actions in force in an environment, soonest end first (one line each)."""
+    import time
+
+    from blocks.environment import load_environment
+    from tasks.catalogue.actions import temporary_actions
+
+    async def read() -> list[Any]:
+        env = await load_environment(args.environment)
+        return await temporary_actions(env.redis)
+
+    records = _with_prefect(lambda: asyncio.run(read()))
+    if not records:
+        print(f"no temporary action in force in {args.environment}")
+        return 0
+    now = time.time()
+    for r in records:
+        left = (r.expires_at or now) - now
+        due = f"ends in {left:.0f}s" if left > 0 else f"overdue by {-left:.0f}s (revert-temporary-actions)"
+        state = " REVERT FAILED, retried" if r.outcome == "revert-failed" else ""
+        print(
+            redact(
+                f"{r.kind} {r.target}: until {_when(r.expires_at or now)} ({due}){state}; "
+                f"{r.runbook} run {r.run} by {r.by or '-'}; {r.reason}"
+            )
+        )
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from runbooks.worker import serve
 
@@ -267,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--id", type=int, action="append", help="a dead letter's id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
     gw.set_defaults(func=cmd_gateway)
+
+    ac = sub.add_parser("actions", help="the temporary actions in force (IP blocks, throttles, fallbacks...)")
+    ac.add_argument("--environment", "-e", default=os.environ.get("RUNBOOKS_ENVIRONMENT", "sandbox"))
+    ac.set_defaults(func=cmd_actions)
 
     wk = sub.add_parser("worker", help="the in-process worker: the fast lane for alert-triggered triage")
     wk.add_argument("--pool", required=True, help="work pool to poll (its deployments run in this process)")

@@ -20,6 +20,8 @@ from sandbox.k8s.behaviour import RULES_CONFIGMAP, RULES_KEY, RULES_NAMESPACE, R
 #: the platform's API Deployment in the simulated cluster (sandbox/k8s/seed.py)
 API_APP, API_NAMESPACE = "ai-multimodel-api", "production"
 MODEL = "gpt-4"  # the model the model-down fault takes down
+ATTACKERS = ("203.0.113.50", "198.51.100.23")  # documentation ranges, outside the catalogue policy's allow-list
+SLOW_MODEL = "qwen"  # the model the slow-model fault slows
 CONFIGMAP_PATH = f"/api/v1/namespaces/{RULES_NAMESPACE}/configmaps"
 
 NodeChange = Callable[[Rules, "FaultContext"], Rules]
@@ -182,6 +184,18 @@ FAULTS: dict[str, Fault] = {
             "an API key is used from 40 new addresses",
             "(no alert rule yet)",
             lambda ctx: {"leaked_key_id": ctx.some_api_key()},
+        ),
+        Fault(
+            "unauthorized-access",
+            f"{' and '.join(ATTACKERS)} send a request with an invalid key every second",
+            "UnauthorizedAccessSpike",
+            lambda _: {"unauthorized_ips": list(ATTACKERS)},
+        ),
+        Fault(
+            "slow-model",
+            f"{SLOW_MODEL}'s provider endpoint in us-east-1 answers 6 s slower",
+            "ProviderHighLatency",
+            lambda _: {"slow_models": [SLOW_MODEL]},
         ),
         Fault(
             "service-down",

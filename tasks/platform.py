@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from blocks.platform import PlatformAPI
 from kernel.errors import PlatformAPIError
-from kernel.retry import idempotent_task, read_task
+from kernel.retry import idempotent_task, once_task, read_task
 from tasks._http import platform_request
 
 
@@ -221,3 +223,273 @@ async def set_model_fallback(
             json={"fallback_model": fallback_model, "duration": duration_s},
         )
     return AdminResult(action="set_model_fallback", target=model, response=response.json())
+
+
+# ---- the catalogue's calls (security, load balancer, models, costs): thin, one request each ------------------
+
+
+async def _get(platform: PlatformAPI, path: str, *, admin: bool = False, **params: object) -> Any:
+    async with platform.get_client(admin=admin) as client:
+        response = await platform_request(client, "GET", path, params=params or None)
+    return response.json()
+
+
+async def _send(platform: PlatformAPI, method: str, path: str, body: object = None, expect: int = 200) -> Any:
+    async with platform.get_client() as client:
+        response = await platform_request(client, method, path, json=body, expect=(expect,))
+    return response.json()
+
+
+class SecurityEvent(BaseModel):
+    type: str
+    source_ip: str
+    at: datetime
+    api_key_id: str | None = None
+    detail: str = ""
+
+
+@read_task
+async def list_security_events(platform: PlatformAPI, hours: int = 24) -> list[SecurityEvent]:
+    """``GET /api/v1/security/events``."""
+    body = await _get(platform, "/api/v1/security/events", hours=hours)
+    return [SecurityEvent.model_validate(e) for e in body["events"]]
+
+
+@read_task
+async def get_rate_limits(platform: PlatformAPI) -> dict[str, Any]:
+    """``GET /api/v1/security/rate-limits``: the throttled users and the blocked IPs in force."""
+    body: dict[str, Any] = await _get(platform, "/api/v1/security/rate-limits")
+    return body
+
+
+@idempotent_task
+async def block_ip(platform: PlatformAPI, ip: str, duration_s: int, reason: str) -> dict[str, Any]:
+    """``POST /admin/security/block-ip``: blocking a blocked address again only moves its end."""
+    body = {"ip": ip, "duration": duration_s, "reason": reason}
+    result: dict[str, Any] = await _send(platform, "POST", "/admin/security/block-ip", body)
+    return result
+
+
+@idempotent_task
+async def unblock_ip(platform: PlatformAPI, ip: str) -> dict[str, Any]:
+    """``DELETE /admin/security/block-ip/{ip}``: a block not in force is a no-op."""
+    result: dict[str, Any] = await _send(platform, "DELETE", f"/admin/security/block-ip/{ip}")
+    return result
+
+
+@idempotent_task
+async def revoke_api_key(platform: PlatformAPI, key_id: str) -> dict[str, Any]:
+    """``DELETE /admin/api-keys/{id}``: revoking a revoked key answers ``already_revoked``."""
+    result: dict[str, Any] = await _send(platform, "DELETE", f"/admin/api-keys/{key_id}")
+    return result
+
+
+class ApiKeyInfo(BaseModel):
+    id: str
+    user_id: str
+    name: str
+    permissions: list[str]
+    prefix: str = ""
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class IssuedKey(BaseModel):
+    """A key just issued; ``secret`` is a SecretStr, redacted wherever the model is printed or dumped."""
+
+    key: ApiKeyInfo
+    secret: SecretStr
+
+
+@read_task
+async def list_api_keys(platform: PlatformAPI, user_id: str) -> list[ApiKeyInfo]:
+    """``GET /admin/api-keys?user_id=``: a user's keys, never their secrets."""
+    body = await _get(platform, "/admin/api-keys", admin=True, user_id=user_id)
+    return [ApiKeyInfo.model_validate(k) for k in body["keys"]]
+
+
+@read_task
+async def get_api_key_usage(platform: PlatformAPI, key_id: str, hours: int = 24) -> dict[str, Any]:
+    """``GET /admin/api-keys/{id}/usage?hours=``."""
+    body: dict[str, Any] = await _get(platform, f"/admin/api-keys/{key_id}/usage", admin=True, hours=hours)
+    return body
+
+
+@read_task
+async def search_audit(platform: PlatformAPI, key_id: str | None, hours: int = 72) -> list[dict[str, Any]]:
+    """``POST /admin/audit/search {"api_key_id", "hours"}`` (a read)."""
+    body = await _send(platform, "POST", "/admin/audit/search", {"api_key_id": key_id, "hours": hours})
+    events: list[dict[str, Any]] = body["events"]
+    return events
+
+
+@once_task  # never retried: a lost answer is found again by name (flows/security.py), not by asking twice
+async def create_api_key(platform: PlatformAPI, user_id: str, name: str, permissions: list[str]) -> IssuedKey:
+    """``POST /admin/api-keys``; the secret is kept as a SecretStr and never returned in clear."""
+    body = await _send(
+        platform, "POST", "/admin/api-keys", {"user_id": user_id, "name": name, "permissions": permissions}, 201
+    )
+    secret = SecretStr(body.pop("secret"))
+    return IssuedKey(key=ApiKeyInfo.model_validate(body), secret=secret)
+
+
+@read_task
+async def get_top_users(platform: PlatformAPI, hours: int = 24) -> list[dict[str, Any]]:
+    body = await _get(platform, "/api/v1/analytics/top-users", hours=hours)
+    users: list[dict[str, Any]] = body["users"]
+    return users
+
+
+@read_task
+async def get_anomalies(platform: PlatformAPI, hours: int = 24) -> list[dict[str, Any]]:
+    body = await _get(platform, "/api/v1/analytics/anomalies", hours=hours)
+    found: list[dict[str, Any]] = body["anomalies"]
+    return found
+
+
+@idempotent_task
+async def throttle_user(platform: PlatformAPI, user_id: str, rate_limit: int, duration_s: int) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(
+        platform, "POST", f"/admin/users/{user_id}/throttle", {"rate_limit": rate_limit, "duration": duration_s}
+    )
+    return result
+
+
+@idempotent_task
+async def unthrottle_user(platform: PlatformAPI, user_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "DELETE", f"/admin/users/{user_id}/throttle")
+    return result
+
+
+@idempotent_task
+async def generate_security_report(platform: PlatformAPI, kind: str, hours: int = 24) -> dict[str, Any]:
+    end = datetime.now(UTC)
+    body = {"type": kind, "start_time": (end - timedelta(hours=hours)).isoformat(), "end_time": end.isoformat()}
+    result: dict[str, Any] = await _send(platform, "POST", "/admin/security/generate-report", body)
+    return result
+
+
+@read_task
+async def get_lb_stats(platform: PlatformAPI) -> dict[str, Any]:
+    body: dict[str, Any] = await _get(platform, "/api/v1/load-balancer/stats")
+    return body
+
+
+@read_task
+async def get_lb_config(platform: PlatformAPI) -> dict[str, Any]:
+    body: dict[str, Any] = await _get(platform, "/api/v1/load-balancer/config")
+    return body
+
+
+@idempotent_task
+async def update_lb_config(platform: PlatformAPI, algorithm: str, reset_stats: bool = False) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(
+        platform, "PATCH", "/admin/load-balancer/config", {"algorithm": algorithm, "reset_stats": reset_stats}
+    )
+    return result
+
+
+@idempotent_task
+async def update_lb_weights(platform: PlatformAPI, weights: dict[str, float]) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "PATCH", "/admin/load-balancer/weights", weights)
+    return result
+
+
+@read_task
+async def list_circuit_breakers(platform: PlatformAPI) -> list[dict[str, Any]]:
+    body: list[dict[str, Any]] = await _get(platform, "/api/v1/load-balancer/circuit-breakers")
+    return body
+
+
+@idempotent_task
+async def reset_circuit_breaker(platform: PlatformAPI, model: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "POST", f"/admin/load-balancer/circuit-breakers/{model}/reset")
+    return result
+
+
+@read_task
+async def get_circuit_breaker_config(platform: PlatformAPI) -> dict[str, Any]:
+    body: dict[str, Any] = await _get(platform, "/admin/load-balancer/circuit-breakers/config", admin=True)
+    return body
+
+
+@idempotent_task
+async def update_circuit_breaker_config(platform: PlatformAPI, changes: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "PATCH", "/admin/load-balancer/circuit-breakers/config", changes)
+    return result
+
+
+@read_task
+async def test_model(platform: PlatformAPI, model: str) -> dict[str, Any]:
+    """``GET /api/v1/models/{model}/test``: a live call (``ok``, ``latency_ms``, ``error``)."""
+    body: dict[str, Any] = await _get(platform, f"/api/v1/models/{model}/test")
+    return body
+
+
+@read_task
+async def get_model_config(platform: PlatformAPI, model: str) -> dict[str, Any]:
+    body: dict[str, Any] = await _get(platform, f"/admin/models/{model}/config", admin=True)
+    return body
+
+
+@read_task
+async def list_model_configs(platform: PlatformAPI) -> list[dict[str, Any]]:
+    body: list[dict[str, Any]] = await _get(platform, "/admin/models/config", admin=True)
+    return body
+
+
+@idempotent_task
+async def update_model_config(platform: PlatformAPI, model: str, changes: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "PATCH", f"/admin/models/{model}/config", changes)
+    return result
+
+
+@idempotent_task
+async def reconnect_model(platform: PlatformAPI, model: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "POST", f"/admin/models/{model}/reconnect")
+    return result
+
+
+@idempotent_task
+async def clear_model_fallback(platform: PlatformAPI, model: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "DELETE", f"/admin/models/{model}/fallback")
+    return result
+
+
+@idempotent_task
+async def switch_model_endpoint(platform: PlatformAPI, model: str, region: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "POST", f"/admin/models/{model}/switch-endpoint", {"region": region})
+    return result
+
+
+@read_task
+async def get_latency(platform: PlatformAPI, window: str = "1h") -> list[dict[str, Any]]:
+    body = await _get(platform, "/api/v1/analytics/latency", window=window)
+    rows: list[dict[str, Any]] = body["models"]
+    return rows
+
+
+@read_task
+async def get_costs(platform: PlatformAPI, period: str = "24h") -> dict[str, Any]:
+    body: dict[str, Any] = await _get(platform, "/api/v1/analytics/costs", period=period)
+    return body
+
+
+@idempotent_task
+async def set_cost_strategy(platform: PlatformAPI, strategy: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(platform, "POST", "/admin/optimization/cost-strategy", strategy)
+    return result
+
+
+@idempotent_task
+async def clear_cost_strategy(platform: PlatformAPI) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = await _send(platform, "DELETE", "/admin/optimization/cost-strategy")
+    return result
+
+
+@idempotent_task
+async def create_cost_alert(platform: PlatformAPI, threshold: float, period: str, action: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _send(
+        platform, "POST", "/admin/alerts/cost", {"threshold": threshold, "period": period, "action": action}
+    )
+    return result

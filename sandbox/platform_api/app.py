@@ -324,6 +324,36 @@ async def block_ip(body: m.BlockIpRequest, state: State) -> m.BlockedIp:
     return state.block_ip(body)
 
 
+@admin.delete("/security/block-ip/{ip}")
+async def unblock_ip(ip: str, state: State) -> m.Unblocked:
+    """Lift a block before its duration ends (a reversal); lifting one that is not in force is a no-op."""
+    return state.unblock_ip(ip)
+
+
+@admin.delete("/users/{user_id}/throttle")
+async def unthrottle_user(user_id: str, state: State) -> m.Unthrottled:
+    """Lift a user's throttle (a reversal); no throttle in force is a no-op."""
+    return state.unthrottle(user_id)
+
+
+@admin.delete("/models/{name}/fallback", responses=NOT_FOUND)
+async def clear_model_fallback(name: ModelName, state: State) -> m.ModelConfig:
+    """End the model's fallback now (a reversal); none in force is a no-op."""
+    return state.clear_fallback(name)
+
+
+@admin.delete("/optimization/cost-strategy")
+async def clear_cost_strategy(state: State) -> m.CostStrategy | None:
+    """Back to routing without a cost strategy; answers the strategy that was in force, if any."""
+    return state.clear_cost_strategy()
+
+
+@admin.get("/api-keys")
+async def list_api_keys(state: State, user_id: str | None = None) -> m.ApiKeyList:
+    """The keys (never their secrets), of one user when ``user_id`` is given."""
+    return state.list_keys(user_id)
+
+
 @admin.post("/security/generate-report")
 async def generate_security_report(body: m.ReportRequest, state: State) -> m.SecurityReport:
     return state.security_report(body)

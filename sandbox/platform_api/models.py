@@ -166,6 +166,15 @@ class Faults(Request):
     memory_growth_mb_per_min: float = Field(0.0, ge=0, le=100_000)
     leaked_key_id: str | None = None
     service_down: bool = False
+    unauthorized_ips: list[IPvAnyAddress] = Field(
+        default_factory=list,
+        description="addresses sending requests with invalid keys (one per second each) until blocked",
+    )
+    slow_models: list[ModelName] = Field(
+        default_factory=list,
+        description="models whose provider endpoint in us-east-1 (the default region) answers 6 s slower; "
+        "switching the model's endpoint to another region cures it",
+    )
 
 
 # ---- responses --------------------------------------------------------------------------------------
@@ -389,6 +398,20 @@ class ApiKey(BaseModel):
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+class ApiKeyList(BaseModel):
+    keys: list[ApiKey]
+
+
+class Unblocked(BaseModel):
+    ip: str
+    was_blocked: bool
+
+
+class Unthrottled(BaseModel):
+    user_id: str
+    was_throttled: bool
 
 
 class ApiKeyCreated(ApiKey):

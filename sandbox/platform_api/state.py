@@ -23,6 +23,7 @@ VERSION = "2.4.1-sandbox"
 HISTORY_S = 86_400.0  # traffic already counted when the sandbox starts
 CHECK_INTERVAL_S = 10.0  # the platform's periodic health checks of each model
 DEGRADED_ERROR_RATE, DEGRADED_LATENCY_MS = 0.05, 3_000.0
+HOME_REGION, SLOW_REGION_MS = "us-east-1", 6_000.0  # the slow_models fault: the provider's endpoint in HOME_REGION
 QUANTILES = {"0.5": 0.9, "0.95": 1.8, "0.99": 2.6}  # latency quantiles as multiples of the mean
 # The latency distribution behind both: a piecewise-linear CDF through the quantiles above (multiple of the mean,
 # share of requests at or under it). The histogram's buckets are filled from it as traffic accumulates, so
@@ -107,7 +108,7 @@ class Model:
     enabled: bool = True
     timeout_ms: int = 30_000
     retry_attempts: int = 3
-    region: str = "us-east-1"
+    region: str = HOME_REGION
     fallback: str | None = None
     fallback_until: float = 0.0
     breaker: m.BreakerState = "CLOSED"
@@ -173,7 +174,9 @@ class PlatformState:
         self.faults, self.fault_since = m.Faults(), dict[str, float]()
         self.cost_strategy: m.CostStrategy | None = None
         self.blocked: dict[str, m.BlockedIp] = {}
+        self.unauthorized_at = self.now  # traffic of the unauthorized_ips fault counted up to here
         self.throttles: dict[str, m.Throttle] = {}
+        self.throttled_since: dict[str, float] = {}
         self.audit: list[m.AuditEvent] = []
         self.alerts = self.reports = 0
         self.lb_since, self.cpu_seconds = self.now - HISTORY_S, 0.0
@@ -210,6 +213,7 @@ class PlatformState:
     def _accumulate(self, dt: float) -> None:
         if dt <= 0:
             return
+        self._unauthorized_traffic()
         shares = self._shares()
         for name, x in self.models.items():
             served, err = self.rps * shares[name] * dt, self._error_rate(x)
@@ -222,6 +226,24 @@ class PlatformState:
             x.latency_sum_s += served * latency_ms / 1000
             x.lb_requests += served
         self.cpu_seconds += self._cpu_ratio() * dt
+
+    def _unauthorized_traffic(self) -> None:
+        """The unauthorized_ips fault: one unauthorized event per second from each address not blocked (at most
+        600 per address per call); a blocked address is refused before it counts. A new fault starts with a
+        minute of history."""
+        start, end = self.unauthorized_at, self._clock()
+        self.unauthorized_at = max(start, end)
+        for ip in map(str, self.faults.unauthorized_ips):
+            block = self.blocked.get(ip)
+            first = int(start) + 1
+            for sec in range(max(first, int(end) - 600), int(end) + 1):
+                if block is not None and block.until.timestamp() > sec:
+                    continue
+                self.events.append(
+                    m.SecurityEvent(
+                        type="unauthorized", source_ip=ip, at=sec, api_key_id=None, detail="invalid API key"
+                    )
+                )
 
     def _check(self, x: Model, at: float) -> bool:
         """One health check of a model; consecutive failures open its circuit breaker."""
@@ -273,7 +295,8 @@ class PlatformState:
     def _latency(self, x: Model) -> float:
         if self._down(x):
             return float(x.timeout_ms)
-        return x.base_latency_ms + self.faults.latency_ms + self.release.latency_ms
+        slow = SLOW_REGION_MS if x.spec.name in self.faults.slow_models and x.region == HOME_REGION else 0.0
+        return x.base_latency_ms + self.faults.latency_ms + self.release.latency_ms + slow
 
     def _status(self, x: Model) -> m.ModelStatus:
         if not x.enabled or self._down(x):
@@ -344,7 +367,19 @@ class PlatformState:
         if self.faults.leaked_key_id == key.id:
             leak_start = self.fault_since["leaked_key_id"] - LEAK_HISTORY_S
             abuse = LEAK_PER_HOUR * _overlap(start, self.now, leak_start, end) / 3_600
-        return normal + abuse, normal * 0.01 + abuse * 0.35, key.source_ips + (LEAK_IPS if abuse else 0)
+        total = normal + abuse
+        served = 1.0 - (self._throttled_away(key, start, total, hours) / total if total else 0.0)
+        return total * served, (normal * 0.01 + abuse * 0.35) * served, key.source_ips + (LEAK_IPS if abuse else 0)
+
+    def _throttled_away(self, key: Key, start: float, requests: float, hours: int) -> float:
+        """Requests a throttle of the key's user refused: above ``rate_limit`` a minute while it was in force (the
+        key's rate taken as its mean over the window)."""
+        throttle, since = self.throttles.get(key.user_id), self.throttled_since.get(key.user_id)
+        if throttle is None or since is None:
+            return 0.0
+        held = _overlap(start, self.now, since, throttle.until.timestamp())
+        rate, cap = requests / (hours * 3_600), throttle.rate_limit / 60
+        return max(0.0, rate - cap) * held
 
     def _new_key(self, user_id: str, name: str, permissions: list[str], per_hour: float = 0.0) -> Key:
         rng, history = self._rng, per_hour > 0  # seeded keys come with 30 days of traffic
@@ -434,6 +469,24 @@ class PlatformState:
                     (f'{{model="{n}",provider="{x.spec.provider}"}}', int(self._status(x) in ("active", "degraded")))
                     for n, x in self.models.items()
                 ],
+            ),
+            (
+                "ai_circuit_breaker_open",
+                "gauge",
+                "1 while the model's circuit breaker is OPEN.",
+                [(f'{{model="{n}"}}', int(x.breaker == "OPEN")) for n, x in self.models.items()],
+            ),
+            (
+                "ai_lb_model_share",
+                "gauge",
+                "Share of the traffic the load balancer sends to the model right now.",
+                [(f'{{model="{n}"}}', round(share, 4)) for n, share in self._shares().items()],
+            ),
+            (
+                "ai_security_unauthorized_events_total",
+                "counter",
+                "Requests refused as unauthorized (invalid or revoked API keys).",
+                [("", sum(1 for e in self.events if e.type == "unauthorized"))],
             ),
         ]
         lines = []
@@ -741,12 +794,44 @@ class PlatformState:
 
     def block_ip(self, req: m.BlockIpRequest) -> m.BlockedIp:
         ip = str(req.ip)
+        self._unauthorized_traffic()  # what it sent before the block counts
         self.blocked[ip] = m.BlockedIp(ip=ip, until=self.now + req.duration, reason=req.reason)
         self.events.append(
             m.SecurityEvent(type="blocked", source_ip=ip, at=self.now, api_key_id=None, detail=req.reason)
         )
         self._audit("security.block_ip", ip, duration=req.duration, reason=req.reason)
         return self.blocked[ip]
+
+    def unblock_ip(self, ip: str) -> m.Unblocked:
+        was = ip in self.blocked and self.blocked[ip].until.timestamp() > self.now
+        self.blocked.pop(ip, None)
+        if was:
+            self._audit("security.unblock_ip", ip)
+        return m.Unblocked(ip=ip, was_blocked=was)
+
+    def unthrottle(self, user_id: str) -> m.Unthrottled:
+        was = user_id in self.throttles and self.throttles[user_id].until.timestamp() > self.now
+        self.throttles.pop(user_id, None)
+        self.throttled_since.pop(user_id, None)
+        if was:
+            self._audit("user.unthrottle", user_id)
+        return m.Unthrottled(user_id=user_id, was_throttled=was)
+
+    def clear_fallback(self, name: str) -> m.ModelConfig:
+        x = self._model(name)
+        if x.fallback:
+            self._audit("model.fallback_cleared", name, fallback_model=x.fallback)
+        x.fallback, x.fallback_until = None, 0.0
+        return self.model_config(name)
+
+    def clear_cost_strategy(self) -> m.CostStrategy | None:
+        before, self.cost_strategy = self.cost_strategy, None
+        if before is not None:
+            self._audit("optimization.cost_strategy_cleared", "load-balancer")
+        return before
+
+    def list_keys(self, user_id: str | None) -> m.ApiKeyList:
+        return m.ApiKeyList(keys=[k.public() for k in self.keys.values() if user_id in (None, k.user_id)])
 
     def security_report(self, req: m.ReportRequest) -> m.SecurityReport:
         events = [e for e in self.events if req.start_time <= e.at <= req.end_time]
@@ -816,6 +901,9 @@ class PlatformState:
     def throttle(self, user_id: str, req: m.ThrottleRequest) -> m.Throttle:
         if not any(k.user_id == user_id for k in self.keys.values()):
             raise NotFound("user", user_id)
+        current = self.throttles.get(user_id)
+        if current is None or current.until.timestamp() <= self.now:
+            self.throttled_since[user_id] = self.now  # a new throttle (an extension keeps its start)
         self.throttles[user_id] = m.Throttle(user_id=user_id, rate_limit=req.rate_limit, until=self.now + req.duration)
         self._audit("user.throttle", user_id, rate_limit=req.rate_limit, duration=req.duration)
         return self.throttles[user_id]
@@ -856,6 +944,8 @@ class PlatformState:
         if faults.leaked_key_id is not None and faults.leaked_key_id not in self.keys:
             raise InvalidInput(("body", "leaked_key_id"), f"unknown api key {faults.leaked_key_id!r}")
         old, self.faults = self.faults, faults
+        if set(faults.unauthorized_ips) - set(old.unauthorized_ips):
+            self.unauthorized_at = min(self.unauthorized_at, self.now - 60)
         for name in m.Faults.model_fields:
             if getattr(faults, name) == getattr(old, name):
                 continue

@@ -65,6 +65,37 @@ def test_thresholds_are_the_triage_policy_ones() -> None:
         assert float(match.group(1)) == thresholds[key], f"{alert} and policy.yaml thresholds.{key} differ"
 
 
+def test_catalogue_alerts_use_the_catalogue_policy_and_route_to_their_flows() -> None:
+    """alerting/rules/catalogue.yml fires at the catalogue policy's numbers; each alert starts its flow's deployment
+    (prefect.yaml) and the triage leaves the acting to it."""
+    policy = yaml.safe_load((ROOT / "tasks" / "catalogue" / "policy.yaml").read_text())
+    rules = _rules()
+
+    def threshold(alert: str) -> float:
+        match = re.search(r">\s*([0-9.]+)\s*$", str(rules[alert]["expr"]).strip())
+        assert match, f"{alert}: no trailing '> threshold' in its expr"
+        return float(match.group(1))
+
+    assert threshold("UnauthorizedAccessSpike") == policy["unauthorized_access"]["min_events"]
+    assert threshold("ProviderHighLatency") == policy["model_latency"]["p95_ms"] / 1000
+    assert threshold("LoadImbalance") == policy["lb_rebalance"]["max_share"]
+    routes: dict[str, str] = {}
+    for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        for trigger in deployment.get("triggers", []):
+            names = trigger["match"].get("runbooks.alert.name", [])
+            for name in [names] if isinstance(names, str) else names:
+                routes[name] = deployment["name"]
+    catalogue = {
+        "UnauthorizedAccessSpike": "security-unauthorized-access",
+        "CircuitBreakerOpen": "circuit-breakers",
+        "ProviderHighLatency": "model-latency",
+        "LoadImbalance": "lb-rebalance",
+    }
+    assert {alert: routes.get(alert) for alert in catalogue} == catalogue
+    triage = yaml.safe_load(POLICY.read_text())["alerts"]
+    assert all(triage[alert]["mitigations"] == [] for alert in catalogue)
+
+
 def test_high_memory_fires_at_the_memory_policy_ratio() -> None:
     """HighMemoryUsage's ratio is the memory policy's alert_ratio (one number, read by the flow's report too)."""
     expr = str(_rules()["HighMemoryUsage"]["expr"]).strip()

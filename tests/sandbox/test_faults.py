@@ -49,6 +49,7 @@ def test_faults_add_up_and_clear_undoes_them(
         faults = _platform_faults(sandbox)
         assert faults["models_down"] == ["gpt-4"] and faults["error_rate"] == 0.3 and faults["latency_ms"] == 3000
         assert faults["service_down"] and faults["memory_growth_mb_per_min"] == 50 and faults["leaked_key_id"]
+        assert faults["unauthorized_ips"] == ["203.0.113.50", "198.51.100.23"] and faults["slow_models"] == ["qwen"]
 
         deployment = _kubectl(admin_kubeconfig, "-n", "production", "get", "deployment", API_APP)
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]

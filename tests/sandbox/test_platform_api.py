@@ -216,7 +216,7 @@ def test_operation_answers_as_documented(method: str, path: str, api: httpx.Clie
     operation = SPEC["paths"][path][method.lower()]
     protected = (method, path) in PROTECTED
     assert bool(operation.get("security")) == protected  # the contract says which operations need the token
-    values = {"name": "gpt-4", "user_id": "user-001"}
+    values = {"name": "gpt-4", "user_id": "user-001", "ip": "203.0.113.7"}
     if "{key_id}" in path:
         values["key_id"] = admin.post("/admin/api-keys", json={"user_id": "user-001", "name": "k"}).json()["id"]
     response = (admin if protected else api).request(method, path.format(**values), json=example_body(operation))
@@ -230,7 +230,9 @@ def test_operation_answers_as_documented(method: str, path: str, api: httpx.Clie
 def test_protected_operation_refuses_without_the_admin_token(
     method: str, path: str, headers: dict[str, str], api: httpx.Client
 ) -> None:
-    response = api.request(method, path.format(name="gpt-4", key_id="key_x", user_id="user-001"), headers=headers)
+    response = api.request(
+        method, path.format(name="gpt-4", key_id="key_x", user_id="user-001", ip="203.0.113.7"), headers=headers
+    )
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == {"detail": "missing or invalid admin token"}
@@ -514,6 +516,69 @@ def test_security_actions(api: httpx.Client, admin: httpx.Client) -> None:
         json={"type": "unauthorized_access", "start_time": "2023-11-13T00:00:00Z", "end_time": "2023-11-15T00:00:00Z"},
     ).json()
     assert report["events_by_type"]["unauthorized"] >= 1 and report["blocked_ips"] == [ip]
+
+
+def test_unauthorized_ips_fault_stops_when_blocked_and_reversals(
+    api: httpx.Client, admin: httpx.Client, clock: FakeClock
+) -> None:
+    def unauthorized(ip: str) -> int:
+        events = api.get("/api/v1/security/events").json()["events"]
+        return sum(1 for e in events if e["type"] == "unauthorized" and e["source_ip"] == ip)
+
+    set_faults(admin, unauthorized_ips=["203.0.113.9"])
+    clock.advance(10)
+    before = unauthorized("203.0.113.9")
+    assert before >= 60  # a new fault starts with a minute of history
+    admin.post(
+        "/admin/security/block-ip", json={"ip": "203.0.113.9", "duration": 3600, "reason": "t"}
+    ).raise_for_status()
+    clock.advance(30)
+    assert unauthorized("203.0.113.9") == before  # a blocked address stops producing them
+    assert admin.delete("/admin/security/block-ip/203.0.113.9").json() == {"ip": "203.0.113.9", "was_blocked": True}
+    assert admin.delete("/admin/security/block-ip/203.0.113.9").json()["was_blocked"] is False
+    clock.advance(5)
+    assert unauthorized("203.0.113.9") > before  # unblocked: they come back
+    admin.post("/admin/users/user-003/throttle", json={"rate_limit": 10, "duration": 60}).raise_for_status()
+    assert admin.delete("/admin/users/user-003/throttle").json()["was_throttled"] is True
+    assert api.get("/api/v1/security/rate-limits").json()["throttled_users"] == []
+    admin.post("/admin/models/gpt-4/fallback", json={"fallback_model": "qwen", "duration": 60}).raise_for_status()
+    assert admin.delete("/admin/models/gpt-4/fallback").json()["fallback_model"] is None
+    admin.post("/admin/optimization/cost-strategy", json={"strategy": "cost_efficient"}).raise_for_status()
+    assert admin.delete("/admin/optimization/cost-strategy").json()["strategy"] == "cost_efficient"
+    assert admin.delete("/admin/optimization/cost-strategy").json() is None
+    keys = admin.get("/admin/api-keys", params={"user_id": "user-001"}).json()["keys"]
+    assert keys and {k["user_id"] for k in keys} == {"user-001"} and all("secret" not in k for k in keys)
+
+
+def test_slow_model_is_cured_by_switching_its_endpoint(api: httpx.Client, admin: httpx.Client) -> None:
+    def p95(name: str) -> float:
+        rows = api.get("/api/v1/analytics/latency", params={"window": "1h"}).json()["models"]
+        return float(next(r["p95_latency"] for r in rows if r["name"] == name))
+
+    healthy = p95("qwen")
+    set_faults(admin, slow_models=["qwen"])
+    assert p95("qwen") > healthy + 6000 and p95("gpt-4") < healthy + 6000
+    admin.post("/admin/models/qwen/switch-endpoint", json={"region": "us-west-2"}).raise_for_status()
+    assert p95("qwen") == healthy
+    admin.post("/admin/models/qwen/switch-endpoint", json={"region": "us-east-1"}).raise_for_status()
+    assert p95("qwen") > healthy + 6000  # back in the slow region
+
+
+def test_a_throttle_caps_the_users_rate(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    key_id, user_id = some_key(api)
+    set_faults(admin, leaked_key_id=key_id)
+
+    def last_hour() -> int:
+        return int(admin.get(f"/admin/api-keys/{key_id}/usage", params={"hours": 1}).json()["requests"])
+
+    free = last_hour()
+    assert free > 2000  # the leak: about 2,400 an hour on top of the key's own traffic
+    admin.post(f"/admin/users/{user_id}/throttle", json={"rate_limit": 10, "duration": 3600}).raise_for_status()
+    clock.advance(3600)
+    assert last_hour() <= 10 * 60 + 1  # a whole hour at 10 a minute
+    admin.delete(f"/admin/users/{user_id}/throttle").raise_for_status()
+    clock.advance(3600)
+    assert last_hour() == pytest.approx(free, rel=0.05)  # lifted: the full rate again
 
 
 def test_audit_log_records_admin_mutations(admin: httpx.Client) -> None:

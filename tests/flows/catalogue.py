@@ -1,0 +1,50 @@
+"""What the catalogue's flow tests share: the platform read as an operator reads it, ``runbooks actions``, and
+waiting for a run paused for approval."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+from prefect.client.schemas.objects import StateType
+
+from runbooks.cli import main as runbooks_cli
+
+
+def model_config(platform_admin: tuple[str, dict[str, str]], model: str) -> dict[str, Any]:
+    url, headers = platform_admin
+    response = httpx.get(f"{url}/admin/models/{model}/config", headers=headers)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def runbooks_actions(environment: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``runbooks actions -e <environment>``, as the operator types it (in a thread: it runs its own loop)."""
+    capsys.readouterr()
+    assert await asyncio.to_thread(runbooks_cli, ["actions", "-e", environment]) == 0
+    return capsys.readouterr().out
+
+
+async def paused_run(flow_name: str, incident: str, run: asyncio.Task[Any], timeout_s: float = 120) -> Any:
+    """The flow run of ``flow_name`` for ``incident`` once it is paused for approval."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run.done():
+            raise AssertionError(f"{flow_name} did not pause: {run.result()}")
+        async with get_client() as client:
+            paused = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))),
+            )
+        for flow_run in paused:
+            if flow_run.parameters.get("incident") == incident:
+                return flow_run
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{flow_name} never paused within {timeout_s}s")
