@@ -291,6 +291,7 @@ async def restore(
             [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
             copied = await restore_redis(rdb, target.redis, source_db=info.db)
             report.redis_restored_keys, report.redis_expired_keys = copied.restored, copied.expired
+            report.redis_copy = copied
             if copied.expired:
                 report.notes.append(f"Redis: {copied.expired} key(s) of the backup had expired since: not restored")
             report.redis_touched = True
@@ -355,14 +356,9 @@ async def verify(
         except Exception as err:  # noqa: BLE001 - listed with the others
             failures.append(describe_error(err))
     if plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None:
-        report.redis_keys = await count_redis_keys(target.redis)
-        expired = report.redis_expired_keys or 0
-        allowed = int(plan.expected_redis_keys * policy.redis_key_tolerance)
-        if abs(report.redis_keys + expired - plan.expected_redis_keys) > allowed:
-            failures.append(
-                f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (+{expired} expired since the "
-                f"backup), the manifest says {plan.expected_redis_keys} (db {plan.redis_source_db} of the backup)"
-            )
+        problem = await _verify_redis_keys(target, plan, policy, report)
+        if problem:
+            failures.append(problem)
     smoke = await run_smoke_suite(target.env.platform, target.environment)
     report.smoke = smoke.summary()
     if not smoke.passed:
@@ -374,6 +370,35 @@ async def verify(
             hint="the recovery target is not fit to take traffic; see the disaster-recovery artifact",
             transient=False,
         )
+
+
+async def _verify_redis_keys(target: RecoveryTarget, plan: RecoveryPlan, policy: DrPolicy, report: DrReport) -> str:
+    """The RDB held the manifest's keys, and the target holds every restored key whose TTL has not passed since.
+
+    The target may still count a key whose TTL passed (Redis reclaims them lazily), or no longer (its active expiry
+    did): its DBSIZE lies between the restored keys less those whose TTL ended by now, and the restored keys. A
+    problem as text, or ``""``."""
+    copy = report.redis_copy
+    expected = plan.expected_redis_keys or 0
+    allowed = int(expected * policy.redis_key_tolerance)
+    report.redis_keys = await count_redis_keys(target.redis)
+    read_at = time.time()
+    if copy is None:  # no accounting of the copy (never expected): the plain comparison
+        expired = report.redis_expired_keys or 0
+        ok = abs(report.redis_keys + expired - expected) <= allowed
+        low = high = expected - expired
+    else:
+        since = min(copy.expired_by(read_at), max(copy.restored - report.redis_keys, 0))
+        report.redis_expired_keys = copy.expired + since
+        low, high = copy.restored - copy.expired_by(read_at), copy.restored
+        ok = abs(copy.in_backup - expected) <= allowed and low - allowed <= report.redis_keys <= high + allowed
+    if ok:
+        return ""
+    return (
+        f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (expected {low}..{high}: "
+        f"+{report.redis_expired_keys or 0} expired since the backup), the manifest says {expected} "
+        f"(db {plan.redis_source_db} of the backup)"
+    )
 
 
 # -------------------------------------------------------------------------------------------------- teardown
