@@ -202,3 +202,17 @@ async def database_exists(db: PostgresDatabase, name: str) -> bool:
             transient=isinstance(err, psycopg.OperationalError),
         ) from err
     return row is not None
+
+
+@read_task
+async def list_databases(db: PostgresDatabase, prefix: str) -> list[str]:
+    """The databases of the block's server whose name starts with ``prefix``."""
+    try:
+        async with db.get_client() as conn:
+            rows = await (await conn.execute("SELECT datname FROM pg_database")).fetchall()
+    except psycopg.Error as err:
+        raise PostgresError(
+            f"reading the databases of {db.safe_address} failed: {err}",
+            transient=isinstance(err, psycopg.OperationalError),
+        ) from err
+    return sorted(str(r[0]) for r in rows if str(r[0]).startswith(prefix))
