@@ -151,6 +151,7 @@ async def raw_restore(parts: dict[str, Any], recovery: Any, admin_dsn: str, kube
 
     async def pg() -> float:
         argv = [pg_binary("pg_restore"), "--no-password", "--exit-on-error", f"--jobs={jobs}", f"--dbname={conninfo}"]
+        argv += ["--no-owner", "--no-privileges"]  # as the flow (tasks/dr/policy.yaml)
         return await run_tool([*argv, str(parts["dump"])], env=pg_env)
 
     async def redis_load() -> float:

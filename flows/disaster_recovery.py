@@ -38,10 +38,19 @@ from kernel.redact import redact_errors
 from tasks.approval import ask_approval
 from tasks.backup.report import artifact_slug
 from tasks.backup.restore import scratch_database_name
-from tasks.dr.data import with_redis_db
+from tasks.dr.data import redis_db_of, with_redis_db
 from tasks.dr.plan import DisasterRecoveryError, RecoveryRefusedError
 from tasks.dr.policy import DrPolicy, load_dr_policy
-from tasks.dr.recovery import RecoveryTarget, build_plan, choose_backup, phase, restore, teardown, verify
+from tasks.dr.recovery import (
+    RecoveryTarget,
+    build_plan,
+    choose_backup,
+    clear_drill_leftovers,
+    phase,
+    restore,
+    teardown,
+    verify,
+)
 from tasks.dr.report import DrReport, drill_table, emit_dr_event, record_drill
 from tasks.kubernetes.restore import ServiceSwitch, restore_service_selector, switch_service
 from tasks.notify import send_pagerduty_event
@@ -237,9 +246,25 @@ async def dr_drill(
             namespace = f"{policy.drill_namespace_prefix}-{manifest.backup_id.lower()}"
             candidate = _target(target_env, recovery_name, namespace, scratch)
             candidate.redis = with_redis_db(target_env.redis, scratch_redis_db)
+            if scratch_redis_db == redis_db_of(target_env.redis):
+                report.status = "refused"
+                raise RecoveryRefusedError(
+                    [f"scratch Redis database {scratch_redis_db} is the recovery environment's own database"]
+                )
             plan, payload = await build_plan(source, environment, candidate, manifest, choice, overwrite=False)
+            if not plan.refused:  # an earlier drill that died before its teardown: its leftovers go first
+                leftovers = await clear_drill_leftovers(
+                    candidate,
+                    scratch[: len(scratch) - len(manifest.backup_id)],  # <live>_drill_: every drill's
+                    policy,
+                    redis_keys=plan.redis_existing_keys,
+                )
+                if leftovers:
+                    logger.warning("Removed what an earlier drill left behind: %s", "; ".join(leftovers))
+                    report.notes.append("left behind by an earlier drill, removed first: " + "; ".join(leftovers))
+                    plan, payload = await build_plan(source, environment, candidate, manifest, choice, overwrite=False)
             if plan.namespace_exists:
-                plan.refused.append(f"the drill's namespace {namespace} exists already (an earlier drill's?)")
+                plan.refused.append(f"the drill's namespace {namespace} exists and is not a drill's (no label)")
             if plan.database_exists:
                 plan.refused.append(f"the drill's scratch database {scratch} exists already")
             if plan.redis_existing_keys:

@@ -143,9 +143,13 @@ def restore_archive(
     clean: bool = False,
     timeout_s: float = 6 * 3600,
     extra_env: Mapping[str, str] | None = None,
+    no_owner: bool = False,
+    no_privileges: bool = False,
 ) -> str:
     """``pg_restore -j <jobs> --exit-on-error`` of a custom-format ``archive`` into ``dbname`` (default: the
-    block's database) on ``db``'s server; ``clean`` drops each object first (``--clean --if-exists``).
+    block's database) on ``db``'s server; ``clean`` drops each object first (``--clean --if-exists``);
+    ``no_owner`` / ``no_privileges`` leave out the dump's ALTER OWNER / GRANT and REVOKE (``--no-owner``,
+    ``--no-privileges``: the objects belong to the block's user, for a server without the dump's roles).
     Returns pg_restore's stderr (warnings); a failure is a :class:`PgToolError` with its last lines."""
     overrides: dict[str, str | int] = {"dbname": dbname} if dbname else {}
     conninfo, env = libpq_target(db, **overrides)
@@ -153,6 +157,7 @@ def restore_archive(
     argv = [pg_binary("pg_restore"), "--no-password", "--exit-on-error", f"--jobs={jobs}", f"--dbname={conninfo}"]
     if clean:
         argv += ["--clean", "--if-exists"]
+    argv += [*(["--no-owner"] if no_owner else []), *(["--no-privileges"] if no_privileges else [])]
     argv.append(str(archive))
     try:
         result = processes.run(argv, timeout_s=timeout_s, env=env)

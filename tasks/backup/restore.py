@@ -123,12 +123,28 @@ async def create_database(db: PostgresDatabase, name: str) -> str:
 
 @once_task
 async def restore_archive(
-    db: PostgresDatabase, archive: Path, *, dbname: str, jobs: int = 2, clean: bool = False, timeout_s: float = 6 * 3600
+    db: PostgresDatabase,
+    archive: Path,
+    *,
+    dbname: str,
+    jobs: int = 2,
+    clean: bool = False,
+    timeout_s: float = 6 * 3600,
+    no_owner: bool = False,
+    no_privileges: bool = False,
 ) -> str:
     """``pg_restore -j <jobs>`` of ``archive`` into ``dbname``; not retried (a half-done restore must be looked
-    at, not repeated blindly)."""
+    at, not repeated blindly). ``no_owner`` / ``no_privileges``: see :func:`tasks.pgtools.restore_archive`."""
     return await asyncio.to_thread(
-        pgtools.restore_archive, db, archive, dbname=dbname, jobs=jobs, clean=clean, timeout_s=timeout_s
+        pgtools.restore_archive,
+        db,
+        archive,
+        dbname=dbname,
+        jobs=jobs,
+        clean=clean,
+        timeout_s=timeout_s,
+        no_owner=no_owner,
+        no_privileges=no_privileges,
     )
 
 

@@ -21,6 +21,8 @@ class DrPolicy(BaseModel):
     deployments_poll_s: float = Field(gt=0, le=30)
     redis_key_tolerance: float = Field(ge=0, le=0.5)
     pg_restore_jobs: int = Field(ge=1, le=16)
+    pg_restore_no_owner: bool
+    pg_restore_no_privileges: bool
     namespace_label: str = Field(pattern=r"^[a-z0-9./-]+=[a-z0-9._-]+$")
     switch_services: list[str] = Field(min_length=1)
     drill_namespace_prefix: str = Field(pattern=r"^[a-z0-9-]{1,40}$")

@@ -40,7 +40,13 @@ from tasks.backup.restore import (
 )
 from tasks.backup.retention import list_backups
 from tasks.backup.verify import drop_database
-from tasks.dr.data import count_redis_keys, database_exists, flush_redis_database, restore_redis
+from tasks.dr.data import (
+    count_redis_keys,
+    database_exists,
+    flush_redis_database,
+    list_databases,
+    restore_redis,
+)
 from tasks.dr.manifests import secret_names, secrets_for
 from tasks.dr.plan import (
     Action,
@@ -273,7 +279,14 @@ async def restore(
                 report.replaced.append(f"database {target.database}")
             await create_database(admin, target.database)
             report.database_created = True
-            await restore_archive(target.postgres, archive, dbname=target.database, jobs=policy.pg_restore_jobs)
+            await restore_archive(
+                target.postgres,
+                archive,
+                dbname=target.database,
+                jobs=policy.pg_restore_jobs,
+                no_owner=policy.pg_restore_no_owner,
+                no_privileges=policy.pg_restore_no_privileges,
+            )
             await progress.step(f"pg_restore -j {policy.pg_restore_jobs} into {target.database}")
 
     async def redis(tmp: Path) -> None:
@@ -291,6 +304,7 @@ async def restore(
             [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
             copied = await restore_redis(rdb, target.redis, source_db=info.db)
             report.redis_restored_keys, report.redis_expired_keys = copied.restored, copied.expired
+            report.redis_copy = copied
             if copied.expired:
                 report.notes.append(f"Redis: {copied.expired} key(s) of the backup had expired since: not restored")
             report.redis_touched = True
@@ -355,14 +369,9 @@ async def verify(
         except Exception as err:  # noqa: BLE001 - listed with the others
             failures.append(describe_error(err))
     if plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None:
-        report.redis_keys = await count_redis_keys(target.redis)
-        expired = report.redis_expired_keys or 0
-        allowed = int(plan.expected_redis_keys * policy.redis_key_tolerance)
-        if abs(report.redis_keys + expired - plan.expected_redis_keys) > allowed:
-            failures.append(
-                f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (+{expired} expired since the "
-                f"backup), the manifest says {plan.expected_redis_keys} (db {plan.redis_source_db} of the backup)"
-            )
+        problem = await _verify_redis_keys(target, plan, policy, report)
+        if problem:
+            failures.append(problem)
     smoke = await run_smoke_suite(target.env.platform, target.environment)
     report.smoke = smoke.summary()
     if not smoke.passed:
@@ -376,7 +385,68 @@ async def verify(
         )
 
 
+async def _verify_redis_keys(target: RecoveryTarget, plan: RecoveryPlan, policy: DrPolicy, report: DrReport) -> str:
+    """The RDB held the manifest's keys (less some whose TTL ended, see below), and the target holds every restored
+    key whose TTL has not passed since.
+
+    The target may still count a key whose TTL passed (Redis reclaims them lazily), or no longer (its active expiry
+    did): its DBSIZE lies between the restored keys less those whose TTL ended by now, and the restored keys. A
+    problem as text, or ``""``."""
+    copy = report.redis_copy
+    expected = plan.expected_redis_keys or 0
+    allowed = int(expected * policy.redis_key_tolerance)
+    report.redis_keys = await count_redis_keys(target.redis)
+    read_at = time.time()
+    if copy is None:  # no accounting of the copy (never expected): the plain comparison
+        expired = report.redis_expired_keys or 0
+        ok = abs(report.redis_keys + expired - expected) <= allowed
+        low = high = expected - expired
+    else:
+        since = min(copy.expired_by(read_at), max(copy.restored - report.redis_keys, 0))
+        report.redis_expired_keys = copy.expired + since
+        low, high = copy.restored - copy.expired_by(read_at), copy.restored
+        # the manifest counted the live server just before its snapshot: a key whose TTL ended in between is in
+        # the count, not in the RDB, like the keys that expired since (their number bounds such a deficit)
+        short = expected - copy.in_backup
+        ok = -allowed <= short <= allowed + copy.expired and low - allowed <= report.redis_keys <= high + allowed
+    if ok:
+        return ""
+    return (
+        f"Redis {target.redis.safe_address} holds {report.redis_keys} key(s) (expected {low}..{high}; the RDB held "
+        f"{copy.in_backup if copy is not None else '?'}, "
+        f"+{report.redis_expired_keys or 0} expired since the backup), the manifest says {expected} "
+        f"(db {plan.redis_source_db} of the backup)"
+    )
+
+
 # -------------------------------------------------------------------------------------------------- teardown
+async def clear_drill_leftovers(
+    target: RecoveryTarget, scratch_prefix: str, policy: DrPolicy, *, redis_keys: int
+) -> list[str]:
+    """What an earlier drill that died before its teardown left behind, removed before this drill starts: the
+    namespaces named ``<drill prefix>-...`` that carry the recovery label, the databases named ``scratch_prefix...``
+    on the recovery server, and the keys of the drill's scratch Redis database (``redis_keys`` of them). Returns
+    what it removed (an unlabelled namespace of that name is left alone: the preflight then refuses it)."""
+    from tasks.kubernetes.restore import delete_recovery_namespace, list_labelled_namespaces
+
+    removed: list[str] = []
+    if target.cluster is not None:
+        prefix = f"{policy.drill_namespace_prefix}-"
+        for ns in await list_labelled_namespaces(target.cluster, policy.namespace_label, prefix):
+            await delete_recovery_namespace(
+                target.cluster, ns, policy.namespace_label, timeout_s=policy.deployments_timeout_s
+            )
+            removed.append(f"namespace {ns}")
+    admin = admin_block(target.postgres)
+    for name in await list_databases(admin, scratch_prefix):
+        await drop_database(admin, name)
+        removed.append(f"database {name}")
+    if redis_keys:
+        await flush_redis_database(target.redis)
+        removed.append(f"{redis_keys} key(s) of Redis {target.redis.safe_address}")
+    return removed
+
+
 async def teardown(target: RecoveryTarget, policy: DrPolicy, report: DrReport) -> list[str]:
     """A drill's clean-up: its namespace, scratch database and scratch Redis database, each tried even when another
     fails; returns what could not be removed."""
@@ -408,6 +478,7 @@ __all__ = [
     "RecoveryTarget",
     "admin_block",
     "build_plan",
+    "clear_drill_leftovers",
     "choose_backup",
     "restore",
     "teardown",

@@ -14,6 +14,7 @@ from prefect_aws.s3 import S3Bucket
 from pydantic import BaseModel, Field
 
 from kernel.retry import once_task
+from tasks.dr.data import RedisRestore
 from tasks.kubernetes.restore import ApplyResult, ServiceSwitch
 from tasks.reporting import emit
 from tasks.storage import get_bytes, put_bytes
@@ -57,6 +58,7 @@ class DrReport(BaseModel):
     deployments: dict[str, str] = Field(default_factory=dict)
     restored_rows: dict[str, int | None] = Field(default_factory=dict)
     redis_keys: int | None = None
+    redis_copy: RedisRestore | None = Field(default=None, exclude=True, description="the copy's own accounting")
     smoke: str | None = None
     verification_failures: list[str] = Field(default_factory=list)
     switch_approved: bool | None = None

@@ -165,6 +165,15 @@ async def _metadata_list(k: Kube, path: str) -> Any:
 
 
 @read_task
+async def list_labelled_namespaces(cluster: KubernetesCluster, label: str, prefix: str) -> list[str]:
+    """The namespaces labelled ``label`` (``key=value``) whose name starts with ``prefix``."""
+    async with kube(cluster, f"listing namespaces labelled {label}") as k:
+        body = await _metadata_list(k, f"/api/v1/namespaces?labelSelector={label}")
+    names = (str(i["metadata"]["name"]) for i in body.get("items") or [])
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+@read_task
 async def read_namespace_labels(cluster: KubernetesCluster, name: str) -> dict[str, str] | None:
     """The labels of namespace ``name``, or None when it does not exist."""
     async with kube(cluster, f"reading namespace {name}") as k:

@@ -366,10 +366,21 @@ async def test_failing_drill_tears_everything_down_and_pages(
 ) -> None:
     from tests.flows.conftest import received
 
+    scratch_db = 7  # an index of the recovery redis-server, private to this run (its own port)
+    namespace = f"dr-drill-{backup.backup_id.lower()}"
+    server = recovery.redis.url.get_secret_value().rsplit("/", 1)[0]
+    # an earlier drill of the same backup died before its teardown: its namespace (labelled), an older drill's
+    # scratch database, keys in the scratch Redis database. They are removed first, not refused.
+    kubectl(admin_kubeconfig, "create", "namespace", namespace)
+    kubectl(admin_kubeconfig, "label", "namespace", namespace, "disaster-recovery=true")
+    kubectl(admin_kubeconfig, "-n", namespace, "create", "configmap", "left-behind", "--from-literal=a=b")
+    stale_db = f"{recovery.postgres.dbname}_drill_20260101t000000z"
+    psql(admin_block(recovery.postgres).conninfo(), f"CREATE DATABASE {stale_db}")
+    redis_cli(f"{server}/{scratch_db}", "SET", "left:behind", "1")
+
     url, headers = platform_admin  # the verification's smoke suite fails: the drill fails after restoring
     httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"service_down": True}).raise_for_status()
     since = datetime.now(UTC) - timedelta(seconds=2)
-    scratch_db = 7  # an index of the recovery redis-server, private to this run (its own port)
     state = await dr_drill(
         environment=TEST_ENVIRONMENT,
         recovery_environment=recovery_environment,
@@ -379,13 +390,12 @@ async def test_failing_drill_tears_everything_down_and_pages(
     )
     assert state.is_failed() and "smoke suite" in (state.message or "")
     report_md = await artifact(f"dr-drill-report-{TEST_ENVIRONMENT}")
-    namespace = f"dr-drill-{backup.backup_id.lower()}"
-    # it got as far as restoring, then left nothing behind
-    assert f"namespace {namespace}" in report_md
+    # the leftovers were removed, then it got as far as restoring, then left nothing behind
+    assert f"database {stale_db}" in report_md and "left behind by an earlier drill" in report_md
+    assert f"namespace {namespace}" in report_md and "Redis keys after the restore" in report_md
     assert kubectl(admin_kubeconfig, "get", "namespace", namespace, check=False).returncode != 0
     databases = psql(admin_block(recovery.postgres).conninfo(), "SELECT datname FROM pg_database")
     assert "_drill_" not in databases
-    server = recovery.redis.url.get_secret_value().rsplit("/", 1)[0]
     assert redis_cli(f"{server}/{scratch_db}", "DBSIZE").strip() == "0"
     event = await dr_event("dr.drill.failed", namespace, since)
     assert event.payload["rpo_s"] is not None and namespace in " ".join(event.payload["torn_down"])
