@@ -41,6 +41,10 @@ from tasks.kubernetes.restore import restore_service_selector
 from tests.conftest import TEST_ENVIRONMENT
 from tests.flows.test_backup import NO_RETENTION, events
 
+# the first test here also starts the recovery target (a PostgreSQL cluster and a redis-server) and may start the
+# session's sandbox: the failing drill alone used most of the suite's 300 s once on a busy machine
+pytestmark = pytest.mark.timeout(600)
+
 API = "ai-multimodel-api"
 DR_RESOURCE = f"runbooks.dr.{TEST_ENVIRONMENT}"
 
