@@ -40,7 +40,7 @@ from kernel.retry import idempotent_task, read_task
 from tasks.backup.crypto import CIPHER, KEY_WRAP, DataKey, decrypt_secrets
 from tasks.backup.manifest import BackupObject, Manifest, PartResult
 from tasks.backup.pipeline import UploadTarget, compress_and_upload, download_verified
-from tasks.kubernetes._api import Kube, kube, run_logger, selector_string
+from tasks.kubernetes._api import Kube, kube, list_metadata, run_logger, selector_string
 from tasks.kubernetes.custom import CERTIFICATE, CustomResourceType
 from tasks.kubernetes.export import export_custom_resources, export_resources
 from tasks.kubernetes.logs import default_container
@@ -231,21 +231,7 @@ def read_encrypted(bucket: S3Bucket, obj: BackupObject, key: BackupEncryptionKey
 
 async def _count_metadata(k: Kube, path: str) -> int:
     """How many objects ``path`` lists, asking for their metadata only (a Secret's values are never fetched)."""
-    response = await k.api.call_api(
-        path,
-        "GET",
-        header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _return_http_data_only=True,
-    )
-    async with response:
-        body = await response.read()
-        if response.status >= 300:
-            err = ApiException(status=response.status, reason=response.reason)
-            err.body = body
-            raise err
-    return len(json.loads(body).get("items") or [])
+    return len((await list_metadata(k, path)).get("items") or [])
 
 
 @read_task(name="plan-kubernetes-backup", retries=1, retry_delay_seconds=[2])

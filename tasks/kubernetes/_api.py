@@ -270,3 +270,23 @@ async def hpa_for(k: Kube, namespace: str, deployment: str) -> Any:
         if ref.kind == "Deployment" and ref.name == deployment:
             return h
     return None
+
+
+async def list_metadata(k: Kube, path: str) -> Any:
+    """``GET path`` as a PartialObjectMetadataList: names, labels and annotations only (a Secret's values are never
+    fetched). The generated client has no call for this media type, hence the raw ``call_api``."""
+    response = await k.api.call_api(
+        path,
+        "GET",
+        header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    async with response:
+        data = await response.read()
+        if response.status >= 300:
+            err = ApiException(status=response.status, reason=response.reason)
+            err.body = data
+            raise err
+    return json.loads(data)

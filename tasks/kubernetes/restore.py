@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, SecretStr
 from blocks.kubernetes import KubernetesCluster
 from kernel.errors import KubernetesError
 from kernel.retry import idempotent_task, read_task
-from tasks.kubernetes._api import Kube, kube, run_logger
+from tasks.kubernetes._api import Kube, kube, list_metadata, run_logger
 from tasks.kubernetes.export import KINDS
 
 #: kind → (API path prefix, plural) of what a recovery restores (the export's kinds, and cert-manager Certificates)
@@ -134,7 +134,7 @@ async def list_restorable(cluster: KubernetesCluster, namespace: str, kinds: lis
                 body = (
                     await _send(k, "GET", _path(kind, namespace) + "?limit=500", None, "application/json")
                     if kind != "Secret"
-                    else await _metadata_list(k, _path(kind, namespace))
+                    else await list_metadata(k, _path(kind, namespace))
                 )
             except ApiException as err:
                 if err.status == 404:
@@ -146,29 +146,11 @@ async def list_restorable(cluster: KubernetesCluster, namespace: str, kinds: lis
     return found
 
 
-async def _metadata_list(k: Kube, path: str) -> Any:
-    response = await k.api.call_api(
-        path,
-        "GET",
-        header_params={"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"},
-        auth_settings=["BearerToken"],
-        _preload_content=False,
-        _return_http_data_only=True,
-    )
-    async with response:
-        data = await response.read()
-        if response.status >= 300:
-            err = ApiException(status=response.status, reason=response.reason)
-            err.body = data
-            raise err
-    return json.loads(data)
-
-
 @read_task
 async def list_labelled_namespaces(cluster: KubernetesCluster, label: str, prefix: str) -> list[str]:
     """The namespaces labelled ``label`` (``key=value``) whose name starts with ``prefix``."""
     async with kube(cluster, f"listing namespaces labelled {label}") as k:
-        body = await _metadata_list(k, f"/api/v1/namespaces?labelSelector={label}")
+        body = await list_metadata(k, f"/api/v1/namespaces?labelSelector={label}")
     names = (str(i["metadata"]["name"]) for i in body.get("items") or [])
     return sorted(n for n in names if n.startswith(prefix))
 
