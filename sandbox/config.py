@@ -43,7 +43,7 @@ class SandboxSettings(BaseSettings):
     redis_port: int = 6390
     redis_size: str = "5MB"
     # the disaster-recovery target: a second PostgreSQL server (the sandbox's own cluster) and a second Redis
-    recovery_postgres_port: int = 5442
+    recovery_postgres_port: int = 5443
     recovery_redis_port: int = 6391
     recovery_namespace: str = "production-recovery"
     # the recovery PostgreSQL's directory (data in main/, its socket and log beside it); default <home>/recovery-pg.
