@@ -2,7 +2,8 @@
 shape.
 
 diagnose (the platform's anomalies over 24 h; the top users, those over the policy's ``min_requests``; the API's logs
-through the Kubernetes tasks for the seed's patterns, ``malware|hack|exploit|vulnerability`` without case; the
+through the Kubernetes tasks for the seed's patterns, ``malware|hack|exploit|vulnerability`` without case, counted
+by source address; the
 throttles in force; concurrently) → plan (throttle each user over the threshold to ``rate_limit`` requests/min for
 ``throttle_s``, never a user of ``exempt_users``) → decide (the policy's mode; each throttle can be unticked) →
 apply (an event per throttle) → verify (the throttles read back from the rate limits) → the platform's security
@@ -24,7 +25,16 @@ from kernel.redact import redact_errors
 from tasks import platform as api
 from tasks.catalogue.actions import Action, Finding
 from tasks.catalogue.policy import load_policy
-from tasks.catalogue.shape import action_key, apply_all, choose_mode, decide, diagnose, publish_findings, report
+from tasks.catalogue.shape import (
+    action_key,
+    apply_all,
+    choose_mode,
+    decide,
+    diagnose,
+    log_findings,
+    publish_findings,
+    report,
+)
 from tasks.kubernetes.logs import deployment_logs
 from tasks.reporting import describe_error
 from tasks.triage.mitigations import current_run
@@ -82,17 +92,13 @@ async def security_suspicious_usage(
                 detail=f"keys {', '.join(u['api_key_ids'])}" + ("; throttled now" if u["user_id"] in throttled else ""),
             )
         )
-    if "logs" in got:
+    if "logs" in got:  # the lines, their count by source address, and the last three
         pattern = "|".join(spec.log_patterns)
         lines = got["logs"].grep(pattern, ignore_case=True)
-        findings.append(
-            Finding(
-                check=f"API log lines {pattern}",
-                figure=str(len(lines)),
-                verdict="warn" if lines else "ok",
-                detail=" | ".join(line[:200] for line in lines[-3:]),
-            )
-        )
+        found = log_findings(pattern, lines, spec.log_patterns, ignore_case=True)
+        if lines:
+            found[0].detail += " | " + " | ".join(line[:200] for line in lines[-3:])
+        findings += found
 
     # 4. throttle the users over the threshold
     actions: list[Action] = []

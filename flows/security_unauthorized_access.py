@@ -1,7 +1,8 @@
 """security-unauthorized-access: the seed's "Security Incidents / Unauthorized Access Attempts", in the catalogue's
 shape.
 
-diagnose (the API's logs through the Kubernetes tasks for the policy's patterns, ``UNAUTHORIZED|BLOCKED|THREAT``;
+diagnose (the API's logs through the Kubernetes tasks for the policy's patterns, ``UNAUTHORIZED|BLOCKED|THREAT``,
+counted by source address;
 the platform's security events, unauthorized ones counted by source address; the rate limits and blocks in force;
 concurrently) → plan (block each address with more unauthorized events than the policy's ``min_events``, for
 ``block_s``; never an address of the policy's ``allow_list``, which the report names with the range that holds it)
@@ -15,7 +16,6 @@ A block is temporary: ``revert-temporary-actions`` lifts it at its end (the plat
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -29,13 +29,21 @@ from kernel.redact import redact_errors
 from tasks import platform as api
 from tasks.catalogue.actions import Action, Finding
 from tasks.catalogue.policy import load_policy
-from tasks.catalogue.shape import action_key, apply_all, choose_mode, decide, diagnose, publish_findings, report
+from tasks.catalogue.shape import (
+    action_key,
+    apply_all,
+    choose_mode,
+    decide,
+    diagnose,
+    log_findings,
+    publish_findings,
+    report,
+)
 from tasks.kubernetes.logs import deployment_logs
 from tasks.triage.mitigations import current_run
 from tasks.triage.policy import Severity
 
 RUNBOOK = "security-unauthorized-access"
-IP = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 
 
 @flow(name=RUNBOOK, log_prints=False)
@@ -70,18 +78,8 @@ async def security_unauthorized_access(
     events = got.get("events", [])
     by_ip = Counter(e.source_ip for e in events if e.type == "unauthorized")
     blocked = {b["ip"]: b for b in (got.get("limits") or {}).get("blocked_ips", [])}
-    if "logs" in got:
-        lines = got["logs"].grep(pattern)
-        by_word = Counter(w for line in lines for w in spec.log_patterns if w in line)
-        findings.append(
-            Finding(
-                check=f"API log lines {pattern}",
-                figure=str(len(lines)),
-                verdict="warn" if lines else "ok",
-                detail=", ".join(f"{w} x{n}" for w, n in by_word.items())
-                + (f"; addresses {', '.join(sorted(set(IP.findall(' '.join(lines))))[:10])}" if lines else ""),
-            )
-        )
+    if "logs" in got:  # the lines, and their count by source address
+        findings += log_findings(pattern, got["logs"].grep(pattern), spec.log_patterns)
     for ip, count in by_ip.most_common(20):
         findings.append(
             Finding(

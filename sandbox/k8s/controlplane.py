@@ -310,6 +310,8 @@ class KubernetesComponent(Component):
                 str(p("metrics-server").key),
                 "--front-proxy-ca",
                 str(d / "front-proxy-ca.crt"),
+                "--platform-url",  # the API pods log the double's security record (sandbox/k8s/platform_feed.py)
+                s.url(s.platform_port),
             ],
         )
 

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from sandbox.k8s.behaviour import ContainerSim, PodSim, PodStore, parse_quantity, parse_time, rfc3339
 from sandbox.k8s.logs import LogQuery, follow_lines, render
+from sandbox.k8s.platform_feed import API_APPS, PlatformFeed
 
 log = logging.getLogger("sandbox.node.kubelet")
 EXEC_TIMEOUT_S = 30.0
@@ -31,6 +32,7 @@ STORE: web.AppKey[PodStore] = web.AppKey("store", PodStore)
 PROCS: web.AppKey[set[asyncio.subprocess.Process]] = web.AppKey("procs")
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 CADVISOR: web.AppKey[CollectorRegistry] = web.AppKey("cadvisor", CollectorRegistry)
+FEED: web.AppKey[PlatformFeed | None] = web.AppKey("feed")
 
 
 def _lookup(request: web.Request) -> tuple[PodSim, ContainerSim]:
@@ -68,6 +70,16 @@ async def pods(request: web.Request) -> web.Response:
     return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
 
 
+async def _platform_lines(request: web.Request, pod: PodSim, start: float, end: float) -> list[tuple[float, str]]:
+    """What the platform double recorded that this pod of its API logged in [start, end] (none for other apps)."""
+    feed = request.app[FEED]
+    if feed is None or pod.app not in API_APPS:
+        return []
+    await feed.refresh()
+    peers = [p.name for p in request.app[STORE].running() if p.namespace == pod.namespace and p.app == pod.app]
+    return feed.lines(pod.name, peers, start, end)
+
+
 async def container_logs(request: web.Request) -> web.StreamResponse:
     pod, c = _lookup(request)
     now = time.time()
@@ -85,7 +97,8 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
         timestamps=_flag(request, "timestamps"),
         limit_bytes=_int(request, "limitBytes"),
     )
-    body = await asyncio.to_thread(render, c, pod.app, run, now, query)  # a long log takes a while
+    extra = await _platform_lines(request, pod, run.started, run.finished if run.finished is not None else now)
+    body = await asyncio.to_thread(render, c, pod.app, run, now, query, extra)  # a long log takes a while
     if not _flag(request, "follow") or run.finished is not None:
         return web.Response(body=body, content_type="text/plain")
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
@@ -99,7 +112,8 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
             current = c.instance(now)
             if pod.deleting or current is None or current.index != run.index or current.finished is not None:
                 break
-            await response.write(follow_lines(c, pod.app, run, after, now, query.timestamps))
+            extra = await _platform_lines(request, pod, after, now)
+            await response.write(follow_lines(c, pod.app, run, after, now, query.timestamps, extra))
             after = now
         await response.write_eof()
     return response
@@ -348,9 +362,10 @@ async def _cleanup(app: web.Application) -> None:
         _kill(proc)
 
 
-def create_app(store: PodStore) -> web.Application:
+def create_app(store: PodStore, platform_url: str | None = None) -> web.Application:
     app = web.Application()
     app[STORE] = store
+    app[FEED] = PlatformFeed(platform_url) if platform_url else None
     app[PROCS] = set()
     app[REGISTRY] = CollectorRegistry(auto_describe=False)
     app[REGISTRY].register(ResourceMetrics(store))

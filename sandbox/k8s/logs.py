@@ -1,13 +1,16 @@
 """Synthetic container logs: deterministic, realistic lines per app (API, frontend, PostgreSQL, Redis, other),
 a function of the container run, the second, and whether the app is steered to log errors; crashed runs end
-with a stack trace and a FATAL line. The kubelet's query parameters are applied as kubelet applies them.
+with a stack trace and a FATAL line. The API's pods also log what the platform double records (``extra``: its
+security events and a leaked key's traffic, :mod:`sandbox.k8s.platform_feed`). The kubelet's query parameters
+are applied as kubelet applies them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
+import heapq
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sandbox.k8s.behaviour import ContainerSim, Instance
@@ -190,11 +193,22 @@ def _stamp(ts: float) -> str:
     return f"{base}.{int(round((ts - int(ts)) * 1e9)) % 10**9:09d}Z"
 
 
-def render(c: ContainerSim, app: str, run: Instance, now: float, query: LogQuery) -> bytes:
+def _merged(
+    c: ContainerSim, app: str, run: Instance, now: float, extra: Sequence[tuple[float, str]]
+) -> Iterator[tuple[float, str]]:
+    """The run's lines and ``extra`` (newest first, within the run), newest first."""
+    if not extra:
+        return _entries(c, app, run, now)
+    return heapq.merge(_entries(c, app, run, now), extra, key=lambda e: -e[0])
+
+
+def render(
+    c: ContainerSim, app: str, run: Instance, now: float, query: LogQuery, extra: Sequence[tuple[float, str]] = ()
+) -> bytes:
     """The run's log as kubelet returns it for ``query``."""
     picked: list[str] = []
     size = 0
-    for ts, text in _entries(c, app, run, now):
+    for ts, text in _merged(c, app, run, now, extra):
         if query.since is not None and ts < query.since:
             break
         if query.tail_lines is not None and len(picked) >= query.tail_lines:
@@ -208,10 +222,18 @@ def render(c: ContainerSim, app: str, run: Instance, now: float, query: LogQuery
     return body[: query.limit_bytes] if query.limit_bytes is not None else body
 
 
-def follow_lines(c: ContainerSim, app: str, run: Instance, after: float, now: float, timestamps: bool) -> bytes:
+def follow_lines(
+    c: ContainerSim,
+    app: str,
+    run: Instance,
+    after: float,
+    now: float,
+    timestamps: bool,
+    extra: Sequence[tuple[float, str]] = (),
+) -> bytes:
     """Lines written in (after, now], oldest first: what ``follow=true`` streams next."""
     fresh = []
-    for ts, text in _entries(c, app, run, now):
+    for ts, text in _merged(c, app, run, now, extra):
         if ts <= after:
             break
         fresh.append(f"{_stamp(ts)} {text}\n" if timestamps else f"{text}\n")

@@ -4,7 +4,8 @@ metrics.k8s.io. Steered by the image tags (the release catalogue, :mod:`sandbox.
 ``kube-system/sandbox-node-behaviour`` and pod annotations (see :mod:`sandbox.k8s.behaviour`).
 
     python -m sandbox.k8s.node --kubeconfig K --name N --address A --port P --cert C --key K --ca CA \\
-        --metrics-address M --metrics-port MP --metrics-cert MC --metrics-key MK --front-proxy-ca FCA
+        --metrics-address M --metrics-port MP --metrics-cert MC --metrics-key MK --front-proxy-ca FCA \\
+        [--platform-url URL]
 """
 
 from __future__ import annotations
@@ -390,7 +391,7 @@ async def run(args: argparse.Namespace) -> None:
     api = client.ApiClient(configuration)
     agent = NodeAgent(args, api)
     runners = [
-        web.AppRunner(kubelet_api.create_app(agent.store), access_log=None, shutdown_timeout=2.0),
+        web.AppRunner(kubelet_api.create_app(agent.store, args.platform_url), access_log=None, shutdown_timeout=2.0),
         web.AppRunner(metrics_api.create_app(agent.store), access_log=None, shutdown_timeout=2.0),
     ]
     sites = [
@@ -433,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--front-proxy-ca", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--platform-url", help="the platform double, whose security record the API pods log")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(run(args))

@@ -6,7 +6,9 @@ report (artifacts and Slack in the runbook's channel)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+import re
+from collections import Counter
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prefect import get_run_logger
@@ -56,6 +58,52 @@ async def diagnose(reads: Mapping[str, Awaitable[T]]) -> tuple[dict[str, T], lis
         else:
             ok[name] = answer
     return ok, failed
+
+
+ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+_SOURCE = re.compile(r"\b(?:ip|client_ip|source_ip|remote_addr)=((?:\d{1,3}\.){3}\d{1,3})\b")
+
+
+def source_address(line: str) -> str | None:
+    """The address a log line names as its source (``ip=...``), else the first address in it."""
+    found = _SOURCE.search(line) or ADDRESS.search(line)
+    return found.group(1) if found and found.re is _SOURCE else found.group(0) if found else None
+
+
+def log_findings(
+    pattern: str, lines: Sequence[str], words: Sequence[str], *, ignore_case: bool = False, top: int = 10
+) -> list[Finding]:
+    """The log lines that matched ``pattern``: a finding with their count by word (``detail``), then one per
+    source address (the ``top`` most frequent): its count of lines, by word."""
+
+    def matched(line: str) -> list[str]:
+        text = line.lower() if ignore_case else line
+        return [w for w in words if (w.lower() if ignore_case else w) in text]
+
+    by_word = Counter(w for line in lines for w in matched(line))
+    count: Counter[str] = Counter()
+    words_of: dict[str, Counter[str]] = {}
+    for line in lines:
+        address = source_address(line)
+        if address is not None:
+            count[address] += 1
+            words_of.setdefault(address, Counter()).update(matched(line))
+    summary = Finding(
+        check=f"API log lines {pattern}",
+        figure=str(len(lines)),
+        verdict="warn" if lines else "ok",
+        detail=", ".join(f"{w} x{n}" for w, n in by_word.most_common())
+        + (f"; from {len(count)} address(es)" if count else ""),
+    )
+    return [summary] + [
+        Finding(
+            check=f"API log {address}",
+            figure=f"{n} line(s)",
+            verdict="warn",
+            detail=", ".join(f"{w} x{k}" for w, k in words_of[address].most_common()),
+        )
+        for address, n in sorted(count.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    ]
 
 
 async def publish_findings(runbook: str, env: RunbookEnvironment, findings: list[Finding]) -> None:

@@ -48,3 +48,24 @@ async def paused_run(flow_name: str, incident: str, run: asyncio.Task[Any], time
                 return flow_run
         await asyncio.sleep(0.5)
     raise AssertionError(f"{flow_name} never paused within {timeout_s}s")
+
+
+async def approval_form(flow_run: Any) -> dict[str, str]:
+    """The paused run's form: its action tickboxes as {label: field}, each ticked by default, ``approve`` not."""
+    from prefect.input.run_input import read_flow_run_input
+
+    keyset = flow_run.state.state_details.run_input_keyset
+    schema = await read_flow_run_input(keyset["schema"], flow_run_id=flow_run.id)
+    fields = {p["title"]: name for name, p in schema["properties"].items() if name.startswith("action_")}
+    assert all(schema["properties"][f]["default"] is True for f in fields.values())
+    assert schema["properties"]["approve"]["default"] is False  # default deny
+    return fields
+
+
+async def answer(flow_run: Any, fields: dict[str, str], tick: set[str], approver: str = "alice") -> None:
+    """Approve with only the actions labelled in ``tick`` ticked (every other one unticked)."""
+    from prefect.flow_runs import aresume_flow_run
+
+    assert tick <= set(fields), f"{tick - set(fields)} not in the form {sorted(fields)}"
+    ticks = {field: label in tick for label, field in fields.items()}
+    await aresume_flow_run(flow_run.id, run_input={"approve": True, "approver": approver, **ticks})

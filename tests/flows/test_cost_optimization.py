@@ -1,8 +1,12 @@
 """cost-optimization on the session's sandbox: over the policy's average cost per request, the seed's strategy is
 applied with its saving projected before and measured after (the platform's costs, read back), and a daily cost
-alert is configured."""
+alert is configured. In production (approve, at P2) the form lists both; an unticked strategy is not applied and the
+cost per request stays."""
 
 from __future__ import annotations
+
+import asyncio
+import uuid
 
 import httpx
 import pytest
@@ -10,6 +14,7 @@ import pytest
 from flows.cost_optimization import cost_optimization
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
+from tests.flows.catalogue import answer, approval_form, paused_run
 
 
 async def test_the_strategy_is_applied_and_its_saving_measured(
@@ -29,3 +34,30 @@ async def test_the_strategy_is_applied_and_its_saving_measured(
     assert [e["action"] for e in audit][-2:] == ["optimization.cost_strategy", "alerts.cost"]
     checks = {f.check for f in result["findings"]}
     assert {"most expensive gpt-4", "most expensive claude-3-5-sonnet", "projected with the strategy"} <= checks
+
+
+async def test_the_approval_lists_strategy_and_alert_and_an_unticked_strategy_is_not_applied(
+    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], production_environment: str
+) -> None:
+    url, headers = platform_admin
+    incident = f"inc-{uuid.uuid4().hex[:8]}"
+    run = asyncio.create_task(
+        cost_optimization(
+            environment=production_environment, severity="P2", incident=incident, dry_run=False, return_state=True
+        )
+    )
+    try:
+        flow_run = await paused_run("cost-optimization", incident, run)
+        fields = await approval_form(flow_run)
+        assert set(fields) == {"cost_strategy load-balancer", "cost_alert daily $100"}
+        await answer(flow_run, fields, tick={"cost_alert daily $100"})
+        state = await asyncio.wait_for(run, timeout=120)
+    finally:
+        run.cancel()
+    assert state.is_completed(), state.message  # type: ignore[union-attr]
+    result = await state.result()  # type: ignore[union-attr]
+    assert {r.kind: r.outcome for r in result["records"]} == {"cost_strategy": "rejected", "cost_alert": "applied"}
+    assert result["after"] == pytest.approx(result["before"], rel=0.02)  # the cost per request: as it was
+    audit = httpx.post(f"{url}/admin/audit/search", headers=headers, json={"hours": 1}).json()["events"]
+    assert "alerts.cost" in [e["action"] for e in audit]
+    assert "optimization.cost_strategy" not in [e["action"] for e in audit]  # the unticked strategy: not applied

@@ -1,6 +1,7 @@
 """security-key-compromise on the session's sandbox: a run killed after the revoke (while another run holds the
 rotation), then re-run, ends with the old key revoked and exactly one live replacement, whose value is in the Secret
-block named in the report and in no log, artifact, event, Slack message or result."""
+block named in the report and in no log, artifact, event, Slack message or result. In production (approve) the form
+lists the revocation and the replacement; an unticked replacement is never issued."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from sandbox.manager import Sandbox
 from tasks.catalogue.keys import LOCK_PREFIX, replacement_name
 from tasks.catalogue.policy import load_policy
 from tests.conftest import TEST_ENVIRONMENT
+from tests.flows.catalogue import answer, approval_form, paused_run
 from tests.flows.conftest import received
 
 
@@ -130,3 +132,35 @@ async def test_an_interrupted_rotation_re_run_ends_with_exactly_one_new_key(
     )
     assert result["block"] in scanned and live["id"] in scanned  # the scan sees what the runs wrote
     assert value not in scanned
+
+
+async def test_the_approval_lists_revoke_and_replacement_and_an_unticked_replacement_is_not_issued(
+    sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], production_environment: str
+) -> None:
+    url, headers = platform_admin
+    user = httpx.get(f"{url}/api/v1/analytics/top-users").json()["users"][1]
+    key_id, user_id = user["api_key_ids"][0], user["user_id"]
+    incident = f"inc-{uuid.uuid4().hex[:8]}"
+    run = asyncio.create_task(
+        security_key_compromise(
+            key_id=key_id, environment=production_environment, incident=incident, dry_run=False, return_state=True
+        )
+    )
+    try:
+        flow_run = await paused_run("security-key-compromise", incident, run)
+        fields = await approval_form(flow_run)
+        assert set(fields) == {f"revoke_key {key_id}", f"issue_key {key_id}"}
+        assert httpx.get(f"{url}/admin/api-keys/{key_id}/usage", headers=headers).json()["revoked"] is False
+        await answer(flow_run, fields, tick={f"revoke_key {key_id}"}, approver="carol")
+        state = await asyncio.wait_for(run, timeout=120)
+    finally:
+        run.cancel()
+    assert state.is_completed(), state.message  # type: ignore[union-attr]
+    result = await state.result()  # type: ignore[union-attr]
+    assert {r.kind: (r.outcome, r.by) for r in result["records"]} == {
+        "revoke_key": ("applied", "carol"),
+        "issue_key": ("rejected", "carol"),
+    }
+    assert httpx.get(f"{url}/admin/api-keys/{key_id}/usage", headers=headers).json()["revoked"] is True
+    assert live_replacements(url, headers, user_id, key_id) == []  # the unticked replacement: not issued
+    assert result["block"] is None

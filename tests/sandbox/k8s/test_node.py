@@ -6,6 +6,7 @@ with kubernetes_asyncio (pods, logs, exec over WebSocket, metrics.k8s.io through
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ipaddress
 import json
 import ssl
@@ -35,6 +36,7 @@ from sandbox.k8s.behaviour import (
 )
 from sandbox.k8s.controlplane import NODE_NAME, KubernetesComponent
 from sandbox.k8s.logs import LogQuery, render
+from sandbox.k8s.platform_feed import PlatformFeed
 from tests.conftest import free_port, loopback_cidr
 
 NS = "node-test"
@@ -229,6 +231,39 @@ def test_crash_loop_history_and_logs_are_deterministic() -> None:
     crashed = c.instance(t0 + 70)
     assert crashed is not None and crashed.crashed
     assert render(c, "api", crashed, t0 + 70, LogQuery()).decode().splitlines()[-1].startswith("FATAL")
+
+
+def test_the_api_pods_log_the_platform_doubles_security_record_once_across_the_pods() -> None:
+    t0 = 1_700_000_000.0
+
+    def stamp(ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+
+    feed = PlatformFeed("http://127.0.0.1:9", fetched=t0)
+    feed.events = [
+        {"type": "unauthorized", "source_ip": "203.0.113.50", "at": stamp(t0 + s), "detail": "invalid API key"}
+        for s in range(1, 31)
+    ] + [{"type": "blocked", "source_ip": "203.0.113.50", "at": stamp(t0 + 31), "detail": "Multiple attempts"}]
+    feed.anomalies = [
+        {"kind": "api_key_traffic_spike", "detected_at": stamp(t0), "api_key_id": "key-1", "user_id": "user-008"}
+    ]
+    peers = ["api-a", "api-b", "api-c"]
+    shares = [feed.lines(pod, peers, t0, t0 + 60) for pod in peers]
+    assert all(shares) and all(s == sorted(s, key=lambda e: -e[0]) for s in shares)  # newest first
+    lines = [text for share in shares for _, text in share]
+    assert sum("UNAUTHORIZED" in line and "ip=203.0.113.50" in line for line in lines) == 30  # each once
+    assert sum(line.startswith("WARN BLOCKED ip=203.0.113.50") for line in lines) == 1
+    threats = [line for line in lines if "THREAT api_key=key-1 user=user-008 ip=198.51.100." in line]
+    flagged = [line for line in lines if "content filter flagged prompt" in line]
+    assert 5 <= len(threats) <= 30 and flagged and all("category=" in line for line in flagged)
+    assert feed.lines("api-gone", peers, t0, t0 + 60) == []
+
+    sim = PodSim.create(_pod("api", API_IMAGE), "127.65.0.9", Rules(), t0)
+    (c,) = sim.containers.values()
+    run = c.instance(t0 + 61)
+    assert run is not None
+    body = render(c, "api", run, t0 + 61, LogQuery(timestamps=True), shares[0]).decode().splitlines()
+    assert body == sorted(body) and sum("WARN" in line and "ip=" in line for line in body) == len(shares[0])
 
 
 # --------------------------------------------------------------------------------------------------- node
