@@ -69,3 +69,20 @@ async def answer(flow_run: Any, fields: dict[str, str], tick: set[str], approver
     assert tick <= set(fields), f"{tick - set(fields)} not in the form {sorted(fields)}"
     ticks = {field: label in tick for label, field in fields.items()}
     await aresume_flow_run(flow_run.id, run_input={"approve": True, "approver": approver, **ticks})
+
+
+async def findings_table(runbook: str, environment: str) -> dict[str, dict[str, Any]]:
+    """The latest findings table artifact of ``runbook`` in ``environment`` (as the UI shows it), rows by check."""
+    import json
+
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    from blocks.environment import load_environment
+
+    key = f"{runbook}-{(await load_environment(environment)).kind}-findings"
+    async with get_client() as client:
+        [table] = await client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key]))
+        )
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    return {row["check"]: row for row in rows}

@@ -17,7 +17,7 @@ from flows.revert_actions import revert_temporary_actions
 from flows.security_suspicious_usage import security_suspicious_usage
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
-from tests.flows.catalogue import answer, approval_form, paused_run, runbooks_actions
+from tests.flows.catalogue import answer, approval_form, findings_table, paused_run, runbooks_actions
 from tests.flows.conftest import received
 
 
@@ -48,8 +48,9 @@ async def test_the_user_behind_a_traffic_spike_is_throttled(
     assert checks["anomaly api_key_traffic_spike"].figure == spiking["api_key_ids"][0]
     # the API pods' logs, read through the Kubernetes tasks: the seed's words, counted by address
     assert int(checks["API log lines malware|hack|exploit|vulnerability"].figure) > 0
-    by_address = [f for f in result["findings"] if f.check.startswith("API log 198.51.100.")]
-    assert by_address and all(int(f.figure.split()[0]) > 0 for f in by_address)
+    table = await findings_table("security-suspicious-usage", TEST_ENVIRONMENT)  # the artifact, as the UI shows it
+    by_address = [row for check, row in table.items() if check.startswith("API log 198.51.100.")]
+    assert by_address and all(int(row["figure"].split()[0]) > 0 for row in by_address)
     throttles = httpx.get(f"{url}/api/v1/security/rate-limits").json()["throttled_users"]
     assert [(t["user_id"], t["rate_limit"]) for t in throttles] == [(spiking["user_id"], 10)]
     [slack] = received(receivers_url, "slack")

@@ -18,7 +18,7 @@ from flows.revert_actions import revert_temporary_actions
 from flows.security_unauthorized_access import security_unauthorized_access
 from sandbox.manager import Sandbox
 from tests.conftest import TEST_ENVIRONMENT
-from tests.flows.catalogue import answer, approval_form, paused_run, runbooks_actions
+from tests.flows.catalogue import answer, approval_form, findings_table, paused_run, runbooks_actions
 from tests.flows.conftest import production_kubectl, received
 
 ATTACKER, OFFICE = "203.0.113.50", "10.1.2.3"  # the policy's allow-list holds 10.0.0.0/8
@@ -54,9 +54,10 @@ async def test_the_attacker_is_blocked_the_allow_listed_address_never_and_the_bl
     assert findings[f"after block {ATTACKER}"].verdict == "ok"
     # the API pods' logs, read through the Kubernetes tasks: the attempts counted by address
     assert int(findings["API log lines UNAUTHORIZED|BLOCKED|THREAT"].figure) >= 2 * 20
+    table = await findings_table("security-unauthorized-access", TEST_ENVIRONMENT)  # the artifact, as the UI shows it
     for ip in (ATTACKER, OFFICE):
-        assert int(findings[f"API log {ip}"].figure.split()[0]) > 20  # the fault's minute of history, at least
-        assert findings[f"API log {ip}"].detail.startswith("UNAUTHORIZED x")
+        assert int(table[f"API log {ip}"]["figure"].split()[0]) > 20  # the fault's minute of history, at least
+        assert table[f"API log {ip}"]["detail"].startswith("UNAUTHORIZED x")
 
     # the platform, as an operator reads it: the attacker is blocked and quiet, the office address still counts up
     assert blocked(url) == [ATTACKER]
