@@ -2,12 +2,12 @@
 shape.
 
 diagnose (the platform's anomalies over 24 h; the top users, those over the policy's ``min_requests``; the API's logs
-through the Kubernetes tasks for the seed's patterns, ``malware|hack|exploit|vulnerability`` without case, counted
-by source address; the
-throttles in force; concurrently) → plan (throttle each user over the threshold to ``rate_limit`` requests/min for
-``throttle_s``, never a user of ``exempt_users``) → decide (the policy's mode; each throttle can be unticked) →
-apply (an event per throttle) → verify (the throttles read back from the rate limits) → the platform's security
-report of the window (the seed's step 5) → report (Slack security channel, ``security-suspicious-usage-<kind>-...``).
+through the Kubernetes tasks for the seed's patterns, ``malware|hack|exploit|vulnerability`` without case, counted by
+source address; the throttles in force; concurrently) → plan (throttle each user over the threshold to ``rate_limit``
+requests/min for ``throttle_s``, never a user of ``exempt_users``) → decide (the policy's mode; each throttle can be
+unticked) → apply (an event per throttle) → verify (the throttles read back from the rate limits) → the platform's
+security report of the window (the seed's step 5) → report (Slack security channel,
+``security-suspicious-usage-<kind>-...``).
 
 A throttle is temporary: ``revert-temporary-actions`` lifts it at its end; ``runbooks actions`` lists it until then.
 """

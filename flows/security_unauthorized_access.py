@@ -2,13 +2,13 @@
 shape.
 
 diagnose (the API's logs through the Kubernetes tasks for the policy's patterns, ``UNAUTHORIZED|BLOCKED|THREAT``,
-counted by source address;
-the platform's security events, unauthorized ones counted by source address; the rate limits and blocks in force;
-concurrently) → plan (block each address with more unauthorized events than the policy's ``min_events``, for
-``block_s``; never an address of the policy's ``allow_list``, which the report names with the range that holds it)
-→ decide (the policy's mode; the approval lists each block, each can be unticked) → apply (an event per block) →
-verify (no unauthorized event from a blocked address since its block) → report (the seed's security alert: source
-addresses and actions taken, in the Slack security channel; ``security-unauthorized-access-<kind>-...``).
+counted by source address; the platform's security events, unauthorized ones counted by source address; the rate
+limits and blocks in force; concurrently) → plan (block each address with more unauthorized events than the policy's
+``min_events``, for ``block_s``; never an address of the policy's ``allow_list``, which the report names with the
+range that holds it) → decide (the policy's mode; the approval lists each block, each can be unticked) → apply (an
+event per block) → verify (no unauthorized event from a blocked address since its block) → report (the seed's
+security alert: source addresses and actions taken, in the Slack security channel;
+``security-unauthorized-access-<kind>-...``).
 
 A block is temporary: ``revert-temporary-actions`` lifts it at its end (the platform's own block runs the policy's
 ``platform_grace_s`` longer, as a safety net), and ``runbooks actions`` lists it until then.
