@@ -540,16 +540,13 @@ class PlatformState:
                 "ai_api_key_requests_total",
                 "counter",
                 "Requests served with the API key (a throttle of its user caps them).",
-                [(f'{{api_key_id="{k.id}",user_id="{k.user_id}"}}', int(k.requests_total)) for k in self.keys.values()],
+                [(f'{{key_id="{k.id}",user_id="{k.user_id}"}}', int(k.requests_total)) for k in self.keys.values()],
             ),
             (
                 "ai_api_key_source_addresses",
                 "gauge",
                 f"Distinct source addresses served with the API key over the last {ADDRESS_WINDOW_S:.0f} s.",
-                [
-                    (f'{{api_key_id="{k.id}",user_id="{k.user_id}"}}', self._source_addresses(k))
-                    for k in self.keys.values()
-                ],
+                [(f'{{key_id="{k.id}",user_id="{k.user_id}"}}', self._source_addresses(k)) for k in self.keys.values()],
             ),
             (
                 "ai_cost_usd_total",

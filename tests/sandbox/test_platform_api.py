@@ -587,17 +587,17 @@ def test_a_throttle_caps_the_users_rate(api: httpx.Client, admin: httpx.Client, 
 def test_leaked_key_metrics(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
     """ApiKeyLeak's figure: the leaked key's distinct source addresses; revoked, they are gone after the window."""
     key_id, user_id = some_key(api)
-    assert metric(api, "ai_api_key_source_addresses", api_key_id=key_id) <= 3
-    before = metric(api, "ai_api_key_requests_total", api_key_id=key_id, user_id=user_id)
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) <= 3
+    before = metric(api, "ai_api_key_requests_total", key_id=key_id, user_id=user_id)
     set_faults(admin, leaked_key_id=key_id)
-    assert metric(api, "ai_api_key_source_addresses", api_key_id=key_id) > 40
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) > 40
     # its six hours of history were served: the counter takes them at once, then grows at the leak's rate
-    assert metric(api, "ai_api_key_requests_total", api_key_id=key_id) - before >= 6 * 2400
+    assert metric(api, "ai_api_key_requests_total", key_id=key_id) - before >= 6 * 2400
     admin.delete(f"/admin/api-keys/{key_id}").raise_for_status()
-    served = metric(api, "ai_api_key_requests_total", api_key_id=key_id)
+    served = metric(api, "ai_api_key_requests_total", key_id=key_id)
     clock.advance(301)
-    assert metric(api, "ai_api_key_source_addresses", api_key_id=key_id) == 0
-    assert metric(api, "ai_api_key_requests_total", api_key_id=key_id) == served  # a revoked key serves nothing
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) == 0
+    assert metric(api, "ai_api_key_requests_total", key_id=key_id) == served  # a revoked key serves nothing
 
 
 def test_spiking_user_is_capped_by_a_throttle(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
@@ -606,7 +606,7 @@ def test_spiking_user_is_capped_by_a_throttle(api: httpx.Client, admin: httpx.Cl
 
     def served() -> float:
         return sum(
-            metric(api, "ai_api_key_requests_total", api_key_id=k)
+            metric(api, "ai_api_key_requests_total", key_id=k)
             for k in next(u for u in top() if u["user_id"] == quiet)["api_key_ids"]
         )
 
