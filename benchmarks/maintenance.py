@@ -24,6 +24,10 @@ flow            ``weekly-maintenance`` of ``bench-maint``, every step (``--skip`
                 each step's time and verdict, and the writer's figures over each step's task run (Prefect's start
                 and end times), so a step that stalls the writer is named;
 baseline_after  the writer alone again (the machine's load moves);
+verify_on_recovery / verify_on_source
+                ``verify-backup`` alone, as step 7 runs it: its restore on the recovery target (the default), then
+                on the application's own server (``restore_target=source``, what step 7 did before), for contrast
+                in the same run (``--skip-verify-phases`` leaves them out);
 step_once       the flow's database step alone, as the flow runs it (``tasks.postgres.analyze_database`` then
                 ``inspect_database``), the writer measured over it and 0.5 s after;
 step            the same step back to back for ``--phase-s`` seconds (a stress);
@@ -486,6 +490,24 @@ def _restored_on(details: list[str]) -> dict[str, str]:
     return {"restored_on": lines[0][:240]} if lines else {}
 
 
+async def run_verification(restore_target: str | None) -> dict[str, Any]:
+    """``verify-backup`` of ``bench-maint`` (the backups step's work) with ``restore_target``; its window and where
+    it restored."""
+    from flows.verify import verify_backup
+
+    started = time.perf_counter()
+    report = await verify_backup(environment=BENCH_ENVIRONMENT, restore_target=restore_target, notify_on_failure=False)
+    ended = time.perf_counter()
+    return {
+        "window": (started, ended),
+        "run_s": round(ended - started, 2),
+        "status": report.status,
+        "restore_where": report.restore_where,
+        "restore_server": report.restore_server,
+        "restore_jobs": report.restore_jobs,
+    }
+
+
 # ------------------------------------------------------------------------------------------------------- the run
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     sandbox: PrivateSandbox | None = None
@@ -544,6 +566,13 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
             t0 = time.perf_counter()
             time.sleep(args.phase_s)
             windows["baseline_after"] = (t0, time.perf_counter())
+            if not args.skip_verify_phases:
+                for phase, target in (("verify_on_recovery", None), ("verify_on_source", "source")):
+                    print(f"verify-backup alone, restore_target={target} ...", flush=True)
+                    found = asyncio.run(run_verification(target))
+                    windows[phase] = found.pop("window")
+                    extra[phase] = found
+                    time.sleep(1.0)
 
         if not args.skip_step_phases:
             found: dict[str, Any] = {}
@@ -639,6 +668,9 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
         goals["writer_never_waited_on_a_lock_during_the_step"] = (
             result["step"]["lock_wait_samples"] == 0 and result["step_once"]["lock_wait_samples"] == 0
         )
+    for phase in ("verify_on_recovery", "verify_on_source"):
+        if phase in result:
+            result[f"{phase}_max_vs_baseline_max"] = round(result[phase]["max_ms"] / base_max, 2)
     if "vacuum_full" in result:
         result["vacuum_full_max_vs_baseline_max"] = round(result["vacuum_full"]["max_ms"] / base_max, 2)
     result["goals_met"] = goals
@@ -657,13 +689,23 @@ def report(r: dict[str, Any]) -> None:
             f"pinned: the application's cluster and the writer on CPU {pins['application_and_writer']}, the recovery "
             f"target's cluster and the flow on CPU {pins['recovery_and_flow']} ({pins['note']})"
         )
-    names = ("baseline", "flow", "baseline_after", "step_once", "step", "seed_psql", "vacuum_full")
-    print(f"{'phase':<15} {'ops':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'lock waits':>12}")
+    names = (
+        "baseline",
+        "flow",
+        "baseline_after",
+        "verify_on_recovery",
+        "verify_on_source",
+        "step_once",
+        "step",
+        "seed_psql",
+        "vacuum_full",
+    )
+    print(f"{'phase':<19} {'ops':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'lock waits':>12}")
     for name in names:
         if name in r:
             f = r[name]
             waits = f"{f['lock_wait_samples']}/{f['samples']}"
-            print(f"{name:<15} {f['ops']:>6} {f['p50_ms']:>8} {f['p99_ms']:>8} {f['max_ms']:>8} {waits:>12}")
+            print(f"{name:<19} {f['ops']:>6} {f['p50_ms']:>8} {f['p99_ms']:>8} {f['max_ms']:>8} {waits:>12}")
     if "flow" in r:
         flow = r["flow"]
         print(f"weekly-maintenance: {flow['state']} in {flow['flow_s']}s")
@@ -679,6 +721,13 @@ def report(r: dict[str, Any]) -> None:
             f"writer during the flow: p99 {flow['p99_ms']} ms ({r['flow_p99_vs_baseline_p99']}x baseline), "
             f"max {flow['max_ms']} ms ({r['flow_max_vs_baseline_max']}x baseline; goal <= 2x)"
         )
+    for phase in ("verify_on_recovery", "verify_on_source"):
+        if phase in r:
+            v = r[phase]
+            print(
+                f"{phase}: {v['run_s']}s, restored on {v['restore_where']} {v['restore_server']} "
+                f"(pg_restore -j {v['restore_jobs']}): writer max {r[f'{phase}_max_vs_baseline_max']}x baseline"
+            )
     if "step" in r:
         s = r["step"]
         print(
@@ -716,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--skip", action="append", default=[], help="a step the flow skips (repeatable)")
     parser.add_argument("--skip-step-phases", action="store_true", help="leave the step/seed_psql phases out")
+    parser.add_argument(
+        "--skip-verify-phases", action="store_true", help="leave verify_on_recovery / verify_on_source out"
+    )
     parser.add_argument("--admin-dsn", help="with --no-flow: a superuser DSN of the server (default: the sandbox's)")
     parser.add_argument("--keep-data", action="store_true", help=f"with --no-flow: keep {DATABASE} for the next run")
     parser.add_argument("--skip-vacuum-full", action="store_true", help="leave the VACUUM FULL comparison out")

@@ -203,7 +203,7 @@ async def test_verification_restores_on_the_recovery_target_never_on_the_applica
     sandbox: Sandbox, env: RunbookEnvironment, recovery_environment: str
 ) -> None:
     assert recovery_environment == f"{TEST_ENVIRONMENT}-recovery"  # what verify-backup looks for by default
-    recovery = RunbookEnvironment.load(recovery_environment)
+    recovery = await RunbookEnvironment.aload(recovery_environment)
     recovery_admin = recovery.postgres.conninfo(dbname="postgres")
     backup = await daily_backup(environment=TEST_ENVIRONMENT, retention=NO_RETENTION)
     name = scratch_name(env.postgres.dbname, backup.backup_id)
