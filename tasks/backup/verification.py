@@ -103,10 +103,11 @@ async def choose_restore_server(env: RunbookEnvironment, environment: str, resto
     except ConfigurationError as err:
         if restore_target is not None:
             raise
+        why = f"no `{name}` environment block" if "no such block" in str(err) else describe_error(err)
         get_run_logger().warning(
-            "NO VERIFICATION TARGET for %s (%s): restoring on the application's own server", environment, err
+            "NO VERIFICATION TARGET for %s (%s): restoring on the application's own server", environment, why
         )
-        return _on(env.postgres, "source", environment, f"no `{name}` environment block")
+        return _on(env.postgres, "source", environment, why)
     if same_server(target.postgres, env.postgres):
         raise ConfigurationError(
             f"{RunbookEnvironment.get_block_type_slug()}/{name}",
