@@ -4,9 +4,16 @@ Run on demand, never in the tests. It brings up a private sandbox (the services 
 flow reads, from a temporary home, on free ports: its own PostgreSQL cluster, an embedded redis-server, moto S3, the
 platform double, the receivers, a Kubernetes control plane, cert-manager and the Ingress stand-ins) and a Prefect
 server of its own (Prefect's test harness), so nothing of a developer's sandbox or of other runs on the machine is
-touched; all of it is stopped and deleted at the end. On that PostgreSQL it creates ``rb_bench_maint``, filled to
-``--size`` MiB (a table of realistic rows, a third of them deleted so the bloat estimate has something to find, plus
-a duplicate index). The environment ``bench-maint`` is the sandbox's with that database; before the run, a daily
+touched; all of it is stopped and deleted at the end. It runs the recovery target too (a second PostgreSQL cluster
+and redis-server, the environment block ``bench-maint-recovery``), where step 7's verification restores: never the
+application's server. To stand for "another server" on one machine, the application's cluster (its postmaster and
+every backend, which inherit it) and the writer are pinned to one CPU, the recovery cluster and this process (the
+flow, its pg_restore and Great Expectations) to the other (``--no-pin`` leaves all unpinned); the disk, the page
+cache and the memory bus are still shared, and so are the Prefect server and the other services.
+
+On that PostgreSQL it creates ``rb_bench_maint``, filled to ``--size`` MiB (a table of realistic rows, a third of
+them deleted so the bloat estimate has something to find, plus a duplicate index). The environment ``bench-maint``
+is the sandbox's with that database; before the run, a daily
 backup of the sandbox's own small database is taken under that name (not timed), so the backups step finds one and
 its verification (never verified: it runs) restores a small dump. A writer inserts and updates rows at ``--rate``
 operations per second, open loop (a latency counts from when the operation was due, so a stall shows in full), on
@@ -17,6 +24,10 @@ flow            ``weekly-maintenance`` of ``bench-maint``, every step (``--skip`
                 each step's time and verdict, and the writer's figures over each step's task run (Prefect's start
                 and end times), so a step that stalls the writer is named;
 baseline_after  the writer alone again (the machine's load moves);
+verify_on_recovery / verify_on_source
+                ``verify-backup`` alone, as step 7 runs it: its restore on the recovery target (the default), then
+                on the application's own server (``restore_target=source``, what step 7 did before), for contrast
+                in the same run (``--skip-verify-phases`` leaves them out);
 step_once       the flow's database step alone, as the flow runs it (``tasks.postgres.analyze_database`` then
                 ``inspect_database``), the writer measured over it and 0.5 s after;
 step            the same step back to back for ``--phase-s`` seconds (a stress);
@@ -64,8 +75,20 @@ from tasks.postgres import analyze_database, inspect_database
 
 DATABASE = "rb_bench_maint"
 BENCH_ENVIRONMENT = "bench-maint"
-#: what tests/conftest.py's session sandbox runs: every service the weekly maintenance reads
-SANDBOX_SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes", "cert-manager", "ingress"]
+#: what tests/conftest.py's session sandbox runs: every service the weekly maintenance reads, and the recovery
+#: target (its ``recovery_environment`` fixture), where the backups step's verification restores
+SANDBOX_SERVICES = [
+    "postgres",
+    "redis",
+    "s3",
+    "platform",
+    "receivers",
+    "kubernetes",
+    "cert-manager",
+    "ingress",
+    "recovery-postgres",
+    "recovery-redis",
+]
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SEED_SQL = (
     f"ANALYZE; SELECT pg_size_pretty(pg_database_size('{DATABASE}')) AS db_size; "
@@ -137,8 +160,13 @@ class Writer:
         return [lat for due, lat in self.latencies if start <= due < end]
 
 
-def _writer_main(dsn: str, rate: float, max_id: int, stop: Any, ready: Any, out: str) -> None:
-    """The writer process: the writer and its lock sampler until ``stop``, then every figure to ``out`` (JSON)."""
+def _writer_main(
+    dsn: str, rate: float, max_id: int, stop: Any, ready: Any, out: str, cpus: list[int] | None = None
+) -> None:
+    """The writer process: the writer and its lock sampler until ``stop``, then every figure to ``out`` (JSON);
+    on ``cpus`` when given (before its threads start: they inherit it)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     writer = Writer(dsn, rate, max_id, stop=stop)
     sampler = threading.Thread(target=writer.sample_locks, name="lock-sampler", daemon=True)
     sampler.start()
@@ -154,13 +182,16 @@ def _writer_main(dsn: str, rate: float, max_id: int, stop: Any, ready: Any, out:
 class WriterProcess:
     """The :class:`Writer` in a spawned process; :meth:`finish` stops it and hands back its figures."""
 
-    def __init__(self, dsn: str, rate: float, max_id: int) -> None:
+    def __init__(self, dsn: str, rate: float, max_id: int, cpus: list[int] | None = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.stop, ready = ctx.Event(), ctx.Event()
         fd, self.out = tempfile.mkstemp(prefix="rb-bench-maint-writer-", suffix=".json")
         os.close(fd)
         self.process = ctx.Process(
-            target=_writer_main, args=(dsn, rate, max_id, self.stop, ready, self.out), name="writer", daemon=True
+            target=_writer_main,
+            args=(dsn, rate, max_id, self.stop, ready, self.out, cpus),
+            name="writer",
+            daemon=True,
         )
         self.process.start()
         if not ready.wait(60):
@@ -295,6 +326,7 @@ class PrivateSandbox:
             redis_size="1MB",
             recovery_postgres_port=_free_port(),
             recovery_redis_port=_free_port(),
+            recovery_postgres_dir=Path(tempfile.gettempdir()) / f"runbooks-recovery-pg-{home.name}",
             s3_port=_free_port(),
             platform_port=_free_port(),
             receivers_port=_free_port(),
@@ -330,19 +362,81 @@ class PrivateSandbox:
                 component.cluster(Path(str(record["bin_dir"]))).destroy()
             if self.settings.postgres_data_dir is not None:
                 shutil.rmtree(self.settings.postgres_data_dir.parent, ignore_errors=True)
+            if self.settings.recovery_postgres_dir is not None:
+                shutil.rmtree(self.settings.recovery_postgres_dir, ignore_errors=True)
             shutil.rmtree(self.settings.home, ignore_errors=True)
+
+    def postmasters(self) -> dict[str, int]:
+        """The postmaster pid of the application's cluster and of the recovery target's."""
+        from sandbox.components import RecoveryPostgresComponent
+
+        pgdata = {
+            "application": self.settings.postgres_data_dir,
+            "recovery": RecoveryPostgresComponent(self.settings, self.box.state).cluster().pgdata,
+        }
+        return {name: int((Path(str(d)) / "postmaster.pid").read_text().split()[0]) for name, d in pgdata.items()}
+
+
+def pin_tree(pid: int, cpus: list[int]) -> int:
+    """``pid`` and every descendant (each thread) on ``cpus``; a postmaster's later backends inherit it. How many
+    processes were pinned."""
+    import psutil
+
+    root = psutil.Process(pid)
+    pinned = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, cpus)
+            pinned += 1
+        except (psutil.Error, OSError):
+            pass  # one that has just ended
+    return pinned
+
+
+def pin_self(cpus: list[int]) -> None:
+    """Every thread of this process on ``cpus`` (threads and children started later inherit it)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that has just ended
+
+
+def split_cpus(sandbox: PrivateSandbox | None, enabled: bool) -> dict[str, Any]:
+    """The application's cluster and the writer on the first allowed CPU; the recovery cluster and this process
+    (the flow, the restore's client, the validation) on the others. Nothing pinned with fewer than two CPUs."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if sandbox is None or not enabled or len(allowed) < 2:
+        return {"pinned": False, "application_and_writer": None, "recovery_and_flow": None}
+    app, rest = allowed[:1], allowed[1:]
+    pids = sandbox.postmasters()
+    counts = {"application": pin_tree(pids["application"], app), "recovery": pin_tree(pids["recovery"], rest)}
+    pin_self(rest)
+    return {
+        "pinned": True,
+        "application_and_writer": app,
+        "recovery_and_flow": rest,
+        "processes": counts,
+        "note": "CPUs only: the disk, the page cache and the Prefect server are shared",
+    }
 
 
 async def save_environments(sandbox: PrivateSandbox, bench_dsn: str) -> None:
     """``bench-maint``: the private sandbox's environment, first with its own small database for a daily backup
-    (so that the backups step finds one, and its verification restores a small dump), then with the benchmark's."""
+    (so that the backups step finds one, and its verification restores a small dump), then with the benchmark's;
+    and ``bench-maint-recovery``, the recovery target, where that verification restores."""
     from blocks.registry import register_block_types, save_environment
     from flows.backup import RetentionSettings, daily_backup
-    from sandbox.blocks import sandbox_environment
+    from sandbox.blocks import recovery_environment, sandbox_environment
 
     await register_block_types()
     env = sandbox_environment(sandbox.settings, sandbox.box.state)
     await save_environment(env, BENCH_ENVIRONMENT)
+    recovery = recovery_environment(sandbox.settings, sandbox.box.state)
+    if recovery is None:
+        raise RuntimeError("the private sandbox's recovery target did not come up")
+    await save_environment(recovery, f"{BENCH_ENVIRONMENT}-recovery")
     await daily_backup(environment=BENCH_ENVIRONMENT, retention=RetentionSettings(enabled=False))
     env.postgres = PostgresDatabase(dsn=SecretStr(bench_dsn))
     await save_environment(env, BENCH_ENVIRONMENT)
@@ -382,11 +476,36 @@ async def run_flow(skip: list[str]) -> dict[str, Any]:
             "status": s.status,
             "s": s.duration_s,
             "summary": s.summary[:160],
+            **_restored_on(s.details),
             "window": windows.get(s.name),
         }
         for s in getattr(report, "steps", [])
     ]
     return {"state": state.type.value, "flow_s": round(ended - started, 2), "window": (started, ended), "steps": steps}
+
+
+def _restored_on(details: list[str]) -> dict[str, str]:
+    """The backups step's line that says which server its verification restored on (empty for other steps)."""
+    lines = [d.strip(" -") for d in details if "RESTORED ON" in d or "restored on" in d]
+    return {"restored_on": lines[0][:240]} if lines else {}
+
+
+async def run_verification(restore_target: str | None) -> dict[str, Any]:
+    """``verify-backup`` of ``bench-maint`` (the backups step's work) with ``restore_target``; its window and where
+    it restored."""
+    from flows.verify import verify_backup
+
+    started = time.perf_counter()
+    report = await verify_backup(environment=BENCH_ENVIRONMENT, restore_target=restore_target, notify_on_failure=False)
+    ended = time.perf_counter()
+    return {
+        "window": (started, ended),
+        "run_s": round(ended - started, 2),
+        "status": report.status,
+        "restore_where": report.restore_where,
+        "restore_server": report.restore_server,
+        "restore_jobs": report.restore_jobs,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- the run
@@ -429,7 +548,8 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
     }
     windows: dict[str, tuple[float, float]] = {}
     extra: dict[str, dict[str, Any]] = {}
-    writer_process = WriterProcess(dsn, args.rate, max_id)
+    result["cpus_pinned"] = split_cpus(sandbox, args.pin)
+    writer_process = WriterProcess(dsn, args.rate, max_id, result["cpus_pinned"]["application_and_writer"])
     try:
         time.sleep(1.0)  # warm-up, not counted
         t0 = time.perf_counter()
@@ -446,6 +566,13 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
             t0 = time.perf_counter()
             time.sleep(args.phase_s)
             windows["baseline_after"] = (t0, time.perf_counter())
+            if not args.skip_verify_phases:
+                for phase, target in (("verify_on_recovery", None), ("verify_on_source", "source")):
+                    print(f"verify-backup alone, restore_target={target} ...", flush=True)
+                    found = asyncio.run(run_verification(target))
+                    windows[phase] = found.pop("window")
+                    extra[phase] = found
+                    time.sleep(1.0)
 
         if not args.skip_step_phases:
             found: dict[str, Any] = {}
@@ -541,6 +668,9 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
         goals["writer_never_waited_on_a_lock_during_the_step"] = (
             result["step"]["lock_wait_samples"] == 0 and result["step_once"]["lock_wait_samples"] == 0
         )
+    for phase in ("verify_on_recovery", "verify_on_source"):
+        if phase in result:
+            result[f"{phase}_max_vs_baseline_max"] = round(result[phase]["max_ms"] / base_max, 2)
     if "vacuum_full" in result:
         result["vacuum_full_max_vs_baseline_max"] = round(result["vacuum_full"]["max_ms"] / base_max, 2)
     result["goals_met"] = goals
@@ -553,13 +683,29 @@ def _bench(args: argparse.Namespace, admin_dsn: str, sandbox: PrivateSandbox | N
 def report(r: dict[str, Any]) -> None:
     print(f"database {r['database_mib']} MiB; writer {r['rate_per_s']:g} ops/s (half INSERT, half UPDATE), open loop")
     print(f"load average (1 min) before {r['load_before']}, after {r['load_after']}, on {r['cpus']} cores")
-    names = ("baseline", "flow", "baseline_after", "step_once", "step", "seed_psql", "vacuum_full")
-    print(f"{'phase':<15} {'ops':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'lock waits':>12}")
+    pins = r.get("cpus_pinned") or {}
+    if pins.get("pinned"):
+        print(
+            f"pinned: the application's cluster and the writer on CPU {pins['application_and_writer']}, the recovery "
+            f"target's cluster and the flow on CPU {pins['recovery_and_flow']} ({pins['note']})"
+        )
+    names = (
+        "baseline",
+        "flow",
+        "baseline_after",
+        "verify_on_recovery",
+        "verify_on_source",
+        "step_once",
+        "step",
+        "seed_psql",
+        "vacuum_full",
+    )
+    print(f"{'phase':<19} {'ops':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'lock waits':>12}")
     for name in names:
         if name in r:
             f = r[name]
             waits = f"{f['lock_wait_samples']}/{f['samples']}"
-            print(f"{name:<15} {f['ops']:>6} {f['p50_ms']:>8} {f['p99_ms']:>8} {f['max_ms']:>8} {waits:>12}")
+            print(f"{name:<19} {f['ops']:>6} {f['p50_ms']:>8} {f['p99_ms']:>8} {f['max_ms']:>8} {waits:>12}")
     if "flow" in r:
         flow = r["flow"]
         print(f"weekly-maintenance: {flow['state']} in {flow['flow_s']}s")
@@ -575,6 +721,13 @@ def report(r: dict[str, Any]) -> None:
             f"writer during the flow: p99 {flow['p99_ms']} ms ({r['flow_p99_vs_baseline_p99']}x baseline), "
             f"max {flow['max_ms']} ms ({r['flow_max_vs_baseline_max']}x baseline; goal <= 2x)"
         )
+    for phase in ("verify_on_recovery", "verify_on_source"):
+        if phase in r:
+            v = r[phase]
+            print(
+                f"{phase}: {v['run_s']}s, restored on {v['restore_where']} {v['restore_server']} "
+                f"(pg_restore -j {v['restore_jobs']}): writer max {r[f'{phase}_max_vs_baseline_max']}x baseline"
+            )
     if "step" in r:
         s = r["step"]
         print(
@@ -612,9 +765,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--skip", action="append", default=[], help="a step the flow skips (repeatable)")
     parser.add_argument("--skip-step-phases", action="store_true", help="leave the step/seed_psql phases out")
+    parser.add_argument(
+        "--skip-verify-phases", action="store_true", help="leave verify_on_recovery / verify_on_source out"
+    )
     parser.add_argument("--admin-dsn", help="with --no-flow: a superuser DSN of the server (default: the sandbox's)")
     parser.add_argument("--keep-data", action="store_true", help=f"with --no-flow: keep {DATABASE} for the next run")
     parser.add_argument("--skip-vacuum-full", action="store_true", help="leave the VACUUM FULL comparison out")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave the clusters, the writer and the flow unpinned (default: application + writer on one CPU, "
+        "recovery target + flow on the other)",
+    )
     args = parser.parse_args(argv)
     if args.flow:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

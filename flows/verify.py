@@ -2,7 +2,9 @@
 
 1. the newest completed daily backup of the environment (or ``backup_id``), its objects downloaded and verified
    (size, SHA-256, zstd checksum) with the restore flow's tasks;
-2. PostgreSQL: ``pg_restore`` into a scratch database, then Great Expectations on it: every table of the
+2. PostgreSQL: ``pg_restore`` into a scratch database on the verification target (the recovery target's server,
+   ``<environment>-recovery``, or the environment block ``restore_target`` names; without one the application's
+   own server, said loudly in the report and throttled to ``-j 1``), then Great Expectations on it: every table of the
    manifest present, its row count equal to the manifest's, its primary-key columns not null;
 3. Redis: the RDB loaded by a throwaway ``redis-server`` on a free loopback port, its key count compared with
    the manifest's;
@@ -36,11 +38,14 @@ async def verify_backup(
     jobs: Annotated[int, Field(ge=1, le=16)] = 2,
     redis_key_tolerance: Annotated[float, Field(ge=0, le=0.5)] = 0.0,
     notify_on_failure: bool = True,
+    restore_target: str | None = None,
 ) -> VerificationReport:
     """Restore backup ``backup_id`` (default: the newest completed one) of ``environment`` into a scratch
     PostgreSQL database and a throwaway Redis, check it against its manifest with Great Expectations and
     record it as verified. ``redis_key_tolerance`` (a fraction of the key count) allows for writes between the
-    manifest's key count and the BGSAVE on a busy Redis."""
+    manifest's key count and the BGSAVE on a busy Redis. ``restore_target``: the environment block whose
+    PostgreSQL server takes the scratch restore (default ``<environment>-recovery`` when it exists, else the
+    application's own server, said loudly); ``source`` restores on the application's own server knowingly."""
     env = await load_environment(environment)
     report, failure = await run_verification(
         env,
@@ -50,6 +55,7 @@ async def verify_backup(
         jobs=jobs,
         redis_key_tolerance=redis_key_tolerance,
         notify_on_failure=notify_on_failure,
+        restore_target=restore_target,
     )
     if failure is not None:
         raise failure

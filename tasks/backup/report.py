@@ -200,6 +200,13 @@ class VerificationReport(BaseModel):
     backup_prefix: str | None = None
     backup_completed_at: datetime | None = None
     status: Literal["verified", "failed"] = "verified"
+    restore_where: Literal["recovery", "source"] | None = Field(
+        default=None, description="the recovery target's server, or (loudly) the application's own"
+    )
+    restore_server: str | None = Field(default=None, description="user@host:port the scratch restore ran on")
+    restore_environment: str | None = Field(default=None, description="the environment block naming that server")
+    restore_reason: str | None = None
+    restore_jobs: int | None = None
     scratch_database: str | None = None
     scratch_dropped: bool = False
     verified_objects: list[str] = Field(default_factory=list)
@@ -217,6 +224,8 @@ class VerificationReport(BaseModel):
         if self.backup_prefix:
             when = f" (completed {self.backup_completed_at:%Y-%m-%d %H:%M:%S} UTC)" if self.backup_completed_at else ""
             lines += [f"Backup `{self.backup_prefix}`{when}, verified in {self.duration_s:.1f} s.", ""]
+        if self.restore_server:
+            lines += [self.restored_on, ""]
         if self.error:
             lines += [f"**Error:** {self.error}", ""]
         if self.verified_objects:
@@ -254,9 +263,26 @@ class VerificationReport(BaseModel):
             lines += [f"Recorded as verified: `{self.verified_key}`", ""]
         if self.scratch_database:
             dropped = "dropped" if self.scratch_dropped else "**not dropped: drop it by hand**"
-            lines.append(f"- scratch database `{self.scratch_database}` {dropped}")
+            on = f" on `{self.restore_server}`" if self.restore_server else ""
+            lines.append(f"- scratch database `{self.scratch_database}`{on} {dropped}")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines)
+
+    @property
+    def restored_on(self) -> str:
+        """One line: which server the PostgreSQL dump was restored on (loud when it was the application's)."""
+        jobs = f"pg_restore -j {self.restore_jobs}" if self.restore_jobs else "pg_restore"
+        if self.restore_where == "recovery":
+            return (
+                f"PostgreSQL restored on the verification target `{self.restore_server}` "
+                f"(environment `{self.restore_environment}`, {self.restore_reason}; {jobs}): "
+                "the application's server carried no restore."
+            )
+        return (
+            f"⚠️ **PostgreSQL RESTORED ON THE APPLICATION'S OWN SERVER** `{self.restore_server}` "
+            f"({self.restore_reason}; throttled to {jobs}): the restore competed with the application's writes. "
+            f"Add a `{self.environment}-recovery` environment block (the recovery target) to restore there instead."
+        )
 
 
 def emit_verification_event(report: VerificationReport) -> None:
@@ -272,6 +298,8 @@ def emit_verification_event(report: VerificationReport) -> None:
             "failures": report.failures,
             "redis_keys": report.redis.restored_keys if report.redis else None,
             "error": report.error,
+            "restore_where": report.restore_where,
+            "restore_server": report.restore_server,
             "duration_s": report.duration_s,
         },
     )

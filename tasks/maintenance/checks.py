@@ -451,7 +451,7 @@ async def backups(ctx: MaintenanceContext) -> StepResult:
         summary += f"; {why}"
         status = worst([status, "warn"])
         if rules.run_verification_when_stale:
-            report, failure = await run_verification(ctx.env, ctx.environment)
+            report, failure = await run_verification(ctx.env, ctx.environment, restore_target=rules.verification_target)
             if failure is None:
                 summary += f"; verified now: {report.backup_id}"
                 actions.append(f"verified backup {report.backup_id} (`{report.verified_key}`)")
@@ -459,7 +459,12 @@ async def backups(ctx: MaintenanceContext) -> StepResult:
             else:
                 status = "fail"
                 summary += f"; the verification run failed: {report.error}"
+            if report.restore_where == "source":
+                summary += "; ⚠️ restored on the application's own server (no recovery target)"
+                status = worst([status, "warn"])
             details.append(f"- verification of `{report.backup_prefix}`: {report.status}")
+            if report.restore_server:
+                details.append(f"  - {report.restored_on}")
     else:
         summary += f"; last verified {verified_age_d} days ago"
     return _result(number, name, title, status, summary, figures=figures, details=details, actions=actions)

@@ -58,6 +58,9 @@ class BackupRules(Strict):
     max_age_hours: float = Field(gt=0)
     max_verification_age_days: float = Field(gt=0)
     run_verification_when_stale: bool = True
+    #: the environment block whose PostgreSQL server takes the verification's restore; None: ``<env>-recovery``
+    #: when it exists, else the application's own server (said loudly); ``source``: that server knowingly
+    verification_target: str | None = None
 
 
 class CleanupRules(Strict):

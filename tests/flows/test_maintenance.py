@@ -230,6 +230,9 @@ async def test_report_names_the_failed_pod_runs_the_stale_verification_and_skips
     assert f"verified now: {backup.backup_id}" in backups.summary
     assert get_bytes(env.backups, f"{backup.prefix}{VERIFIED_NAME}") is not None
     assert backups.figures["missing_objects"] == 0 and backups.figures["objects"] == len(backup.parts)
+    # which server the verification restored on, in the details; the application's own one is in the summary too
+    [restored] = [d for d in backups.details if "PostgreSQL restored on" in d or "RESTORED ON THE APPLICATION" in d]
+    assert ("RESTORED ON THE APPLICATION" in restored) == ("application's own server" in backups.summary), restored
 
     # logs: the 168 h archive of the API's logs, in S3 with the SHA-256 and size its manifest lists
     logs = steps["logs"]
