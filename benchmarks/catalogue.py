@@ -300,6 +300,7 @@ class Runs:
     procedure: Procedure
     status: str = "measured"  # or "missing: ..." / "failed: ..."
     fault_to_post: list[float] = field(default_factory=list)
+    post_to_first_action: list[float] = field(default_factory=list)
     post_to_applied: list[float] = field(default_factory=list)
     post_to_normal: list[float] = field(default_factory=list)
     fault_to_normal: list[float] = field(default_factory=list)
@@ -317,7 +318,7 @@ class Runs:
             "manual_commands": commands,
             "manual_s": commands * 60,
         }
-        for name in ("fault_to_post", "post_to_applied", "post_to_normal", "fault_to_normal"):
+        for name in ("fault_to_post", "post_to_first_action", "post_to_applied", "post_to_normal", "fault_to_normal"):
             values = getattr(self, name)
             out[f"{name}_p50_s"] = _r(pct(values, 0.5))
             out[f"{name}_p95_s"] = _r(pct(values, 0.95))
@@ -437,8 +438,21 @@ class Bench:
                 return dict(incident)
         return None
 
-    def applied_event(self, flow: str, since: float) -> dict[str, Any] | None:
-        """The flow's first ``runbooks.action.applied`` event that occurred at or after ``since``."""
+    def flow_run(self, flow: str, incident_id: str) -> dict[str, Any] | None:
+        """The run of ``flow`` that the incident's event started (its ``incident`` parameter)."""
+        body = {"flows": {"name": {"any_": [flow]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 20}
+        for r in self.prefect.post("/flow_runs/filter", json=body, timeout=10).json():
+            if r["parameters"].get("incident") == incident_id:
+                return dict(r)
+        return None
+
+    def run_over(self, run_id: str) -> bool:
+        state = self.prefect.get(f"/flow_runs/{run_id}", timeout=10).json().get("state") or {}
+        return state.get("type") in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+    def applied_events(self, flow: str, since: float, run_id: str) -> list[dict[str, Any]]:
+        """The ``runbooks.action.applied`` events of ``flow``'s run ``run_id`` (the record's ``run``) that occurred
+        at or after ``since``, oldest first."""
         from datetime import UTC, datetime
 
         body = {
@@ -455,9 +469,10 @@ class Bench:
             e
             for e in response.json().get("events", [])
             if e["resource"].get("runbooks.runbook") == flow
+            and (e.get("payload") or {}).get("run") == run_id
             and datetime.fromisoformat(e["occurred"]).timestamp() >= since
         ]
-        return min(events, key=lambda e: e["occurred"]) if events else None
+        return sorted(events, key=lambda e: datetime.fromisoformat(e["occurred"]).timestamp())
 
     def alert_active(self, alert: str) -> bool:
         alerts = self.prometheus.get("/api/v1/alerts", timeout=10).json()["data"]["alerts"]
@@ -475,9 +490,9 @@ class Bench:
         time.sleep(normal.window_s)
         return bool(normal.check(before, self.metrics()))
 
-    def runs_active(self, flow: str) -> bool:
+    def runs_active(self, *flows: str) -> bool:
         body = {
-            "flows": {"name": {"any_": [flow, "incident-triage", "incident-resolved"]}},
+            "flows": {"name": {"any_": list(flows)}},
             "flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]}}},
             "limit": 5,
         }
@@ -510,7 +525,8 @@ class Bench:
                 for i in self.gateway.get("/incidents", timeout=10).json()
                 if i["incident_id"] == incident_id
             )
-            if resolved and not self.alert_active(alert) and not self.runs_active(flow):
+            quiet = not self.runs_active(flow, "incident-triage", "incident-resolved")
+            if resolved and not self.alert_active(alert) and quiet:
                 return
             time.sleep(1)
         raise TimeoutError(f"{alert}: not back to a quiet platform within {self.timeout_s:.0f}s of the reset")
@@ -530,21 +546,27 @@ class Bench:
             t0 = time.time()
             incident = self.wait(f"{p.alert}'s POST at the gateway", lambda: self.incident(p.alert, t0), 0.2)
             incident_id, posted = incident["incident_id"], float(incident["opened_at"])
-            event = self.wait(f"{p.flow}'s action applied", lambda: self.applied_event(p.flow, posted), 0.25)
             from datetime import datetime
 
-            applied = datetime.fromisoformat(event["occurred"]).timestamp()
+            run_id = str(self.wait(f"{p.flow}'s run", lambda: self.flow_run(p.flow, str(incident_id)), 0.5)["id"])
+            self.wait(f"{p.flow}'s first action applied", lambda: self.applied_events(p.flow, posted, run_id) or None)
             self.wait(f"{p.flow}: back to normal ({p.normal.what})", lambda: self.is_normal(p.normal, p.alert) or None)
             normal = time.time()
+            # the mitigation is applied when the run's last action is: wait for the run to end, then read them all
+            self.wait(f"{p.flow}'s run over", lambda: self.run_over(run_id) or None, 0.5)
+            events = self.applied_events(p.flow, posted, run_id)
+            first, last = (datetime.fromisoformat(events[i]["occurred"]).timestamp() for i in (0, -1))
             runs.fault_to_post.append(posted - t0)
-            runs.post_to_applied.append(applied - posted)
+            runs.post_to_first_action.append(first - posted)
+            runs.post_to_applied.append(last - posted)
             runs.post_to_normal.append(normal - posted)
             runs.fault_to_normal.append(normal - t0)
-            runs.verified.append(bool(event.get("payload", {}).get("verified")))
-            action = event.get("payload", {}).get("kind", "?")
+            runs.verified.append(all(bool(e.get("payload", {}).get("verified")) for e in events))
+            kinds = ", ".join(str(e.get("payload", {}).get("kind", "?")) for e in events)
             print(
-                f"   run {n}: fault→POST {posted - t0:.1f} s, POST→{action} applied {applied - posted:.1f} s, "
-                f"POST→normal {normal - posted:.1f} s (incident {incident_id})",
+                f"   run {n}: fault→POST {posted - t0:.1f} s, POST→first action {first - posted:.1f} s, "
+                f"POST→all applied ({kinds}) {last - posted:.1f} s, POST→normal {normal - posted:.1f} s "
+                f"(incident {incident_id})",
                 flush=True,
             )
         except (TimeoutError, httpx.HTTPError) as err:
