@@ -446,6 +446,20 @@ class Bench:
                 return dict(r)
         return None
 
+    def verified(self, flow: str, run_id: str) -> list[bool]:
+        """Per applied action of the run, whether the flow's read-back of the platform showed it in force (the
+        ``verified`` column of its ``<flow>-sandbox-actions`` table)."""
+        body = {
+            "artifacts": {"key": {"any_": [f"{flow}-sandbox-actions"]}, "flow_run_id": {"any_": [run_id]}},
+            "limit": 5,
+        }
+        out: list[bool] = []
+        for artifact in self.prefect.post("/artifacts/filter", json=body, timeout=10).json():
+            data = artifact.get("data")
+            rows = json.loads(data) if isinstance(data, str) else data or []
+            out += [str(row.get("verified")) == "True" for row in rows if row.get("outcome") == "applied"]
+        return out
+
     def run_over(self, run_id: str) -> bool:
         state = self.prefect.get(f"/flow_runs/{run_id}", timeout=10).json().get("state") or {}
         return state.get("type") in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
@@ -561,7 +575,8 @@ class Bench:
             runs.post_to_applied.append(last - posted)
             runs.post_to_normal.append(normal - posted)
             runs.fault_to_normal.append(normal - t0)
-            runs.verified.append(all(bool(e.get("payload", {}).get("verified")) for e in events))
+            verified = self.verified(p.flow, run_id)
+            runs.verified.append(bool(verified) and all(verified))
             kinds = ", ".join(str(e.get("payload", {}).get("kind", "?")) for e in events)
             print(
                 f"   run {n}: fault→POST {posted - t0:.1f} s, POST→first action {first - posted:.1f} s, "
