@@ -354,7 +354,7 @@ class PrivateSandbox:
     ``sandbox`` (its own Prefect server: the name collides with nothing). Nothing of a developer's sandbox or of
     other runs on the machine is touched."""
 
-    def __init__(self) -> None:
+    def __init__(self, services: Sequence[str] = tuple(SERVICES)) -> None:
         from sandbox.config import SandboxSettings
         from sandbox.manager import Sandbox
 
@@ -386,16 +386,17 @@ class PrivateSandbox:
             startup_timeout_s=180.0,
         )
         self.box = Sandbox(self.settings)
+        self.services = list(services)
 
     def up(self) -> None:
-        self.box.up(SERVICES, progress=lambda m: print(m, flush=True))
+        self.box.up(self.services, progress=lambda m: print(m, flush=True))
 
     def down(self) -> None:
         from sandbox.components import PostgresComponent
 
         record = self.box.state.get("postgres")
         try:
-            self.box.down(SERVICES)
+            self.box.down(self.services)
         finally:
             component = PostgresComponent(self.settings, self.box.state)
             if component.kind(record) == "cluster":
@@ -657,7 +658,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.append(runs)
     todo = [r for r in results if r.status == "measured"]
     if todo:
-        sandbox = PrivateSandbox()
+        skipped = {"kubernetes", "cert-manager", "ingress"} if args.without_kubernetes else set()
+        sandbox = PrivateSandbox([s for s in SERVICES if s not in skipped])
         print(f"bringing up a private sandbox under {sandbox.settings.home} ...", flush=True)
         try:
             started = time.perf_counter()
@@ -678,8 +680,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 bench.close()
         finally:
             print("stopping the private sandbox ...", flush=True)
-            if not args.keep:
-                sandbox.down()
+            sandbox.down()
     return report(results)
 
 
@@ -688,10 +689,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per procedure (p50/p95 over them)")
     parser.add_argument("--only", help="comma-separated flows, faults or alerts (default: all eight)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each wait of a run")
-    parser.add_argument("--keep", action="store_true", help="leave the private sandbox running (debugging)")
+    parser.add_argument(
+        "--without-kubernetes",
+        action="store_true",
+        help="no Kubernetes control plane (the flows' log reads then fail as findings): a quick look only",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    print(json.dumps(run(args)))
+    result = run(args)
+    if args.without_kubernetes:
+        result["without_kubernetes"] = True
+    print(json.dumps(result))
     return 0
 
 
