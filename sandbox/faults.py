@@ -22,6 +22,12 @@ API_APP, API_NAMESPACE = "ai-multimodel-api", "production"
 MODEL = "gpt-4"  # the model the model-down fault takes down
 ATTACKERS = ("203.0.113.50", "198.51.100.23")  # documentation ranges, outside the catalogue policy's allow-list
 SLOW_MODEL = "qwen"  # the model the slow-model fault slows
+EXPENSIVE_MODEL = "gpt-4"  # the cost-spike fault: its requests cost 3 times as much, over the cost strategy's cap
+SKEWED_MODEL, SKEWED_WEIGHT = (
+    "claude-3-5-sonnet",
+    1.0,
+)  # load-imbalance: 57% of the traffic; the policy's weights fix it
+STUCK_MODEL = "gemini-pro"  # breaker-open: its breaker stuck OPEN although it answers its /test
 CONFIGMAP_PATH = f"/api/v1/namespaces/{RULES_NAMESPACE}/configmaps"
 
 NodeChange = Callable[[Rules, "FaultContext"], Rules]
@@ -65,6 +71,13 @@ class FaultContext:
             if user.get("api_key_ids"):
                 return str(user["api_key_ids"][0])
         raise SandboxError("the platform double has no API key with traffic to leak")
+
+    def some_quiet_user(self) -> str:
+        """The seeded user with the least traffic (the suspicious-usage fault's: not the leaked key's owner)."""
+        users = self._get("/api/v1/analytics/top-users?hours=24")["users"]
+        if not users:
+            raise SandboxError("the platform double has no user whose traffic could spike")
+        return str(users[-1]["user_id"])
 
     def _get(self, path: str) -> dict[str, Any]:
         try:
@@ -182,8 +195,32 @@ FAULTS: dict[str, Fault] = {
         Fault(
             "leaked-key",
             "an API key is used from 40 new addresses",
-            "(no alert rule yet)",
+            "ApiKeyLeak (and SuspiciousUsage: its user is over 1,000 requests in 24 h)",
             lambda ctx: {"leaked_key_id": ctx.some_api_key()},
+        ),
+        Fault(
+            "suspicious-usage",
+            "the quietest user's traffic spikes by 3,000 requests an hour, an hour of it already served",
+            "SuspiciousUsage",
+            lambda ctx: {"spiking_user_id": ctx.some_quiet_user()},
+        ),
+        Fault(
+            "cost-spike",
+            f"{EXPENSIVE_MODEL}'s requests cost 3 times as much (long contexts)",
+            "CostBudgetExceeded",
+            lambda _: {"expensive_models": [EXPENSIVE_MODEL]},
+        ),
+        Fault(
+            "load-imbalance",
+            f"a configuration push sets {SKEWED_MODEL}'s load-balancer weight to {SKEWED_WEIGHT}",
+            "LoadImbalance",
+            lambda _: {"skewed_weights": {SKEWED_MODEL: SKEWED_WEIGHT}},
+        ),
+        Fault(
+            "breaker-open",
+            f"{STUCK_MODEL}'s circuit breaker is stuck OPEN although the model answers",
+            "CircuitBreakerOpen",
+            lambda _: {"stuck_breakers": [STUCK_MODEL]},
         ),
         Fault(
             "unauthorized-access",

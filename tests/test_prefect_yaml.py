@@ -133,3 +133,53 @@ def test_certificates_are_checked_daily_and_renewed_by_a_person() -> None:
     assert "schedules" not in renew and renew["concurrency_limit"]["limit"] == 1
     names = {load_flow_from_entrypoint(str(ROOT / d["entrypoint"])).name for d in (check, renew)}
     assert names == {"certificate-check", "renew-certificate"}
+
+
+#: the runbook catalogue's alerts (alerting/rules/) and the deployment each starts; ModelDown included
+CATALOGUE_ROUTES = {
+    "UnauthorizedAccessSpike": "security-unauthorized-access",
+    "ApiKeyLeak": "security-key-compromise",
+    "SuspiciousUsage": "security-suspicious-usage",
+    "LoadImbalance": "lb-rebalance",
+    "CircuitBreakerOpen": "circuit-breakers",
+    "ModelDown": "model-unavailable",
+    "ProviderHighLatency": "model-latency",
+    "CostBudgetExceeded": "cost-optimization",
+}
+
+
+@pytest.mark.parametrize(("alert", "name"), CATALOGUE_ROUTES.items(), ids=list(CATALOGUE_ROUTES))
+def test_each_catalogue_alert_starts_its_flow_and_no_other(alert: str, name: str, tmp_path: Path) -> None:
+    """The gateway's event for the firing alert (built by the gateway's own store) is matched, by Prefect's
+    matching, by the trigger of its flow's deployment only; the parameters are the flow's and the alert's labels
+    fill them (the leaked key, the model down)."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.events.schemas.events import Resource
+
+    from runbooks.gateway.models import NormalizedAlert
+    from runbooks.gateway.store import GatewayStore
+
+    store = GatewayStore(tmp_path / "gateway.sqlite")
+    labels = {"alertname": alert, "model": "gpt-4", "key_id": "key_0123", "user_id": "user-003"}
+    store.accept([NormalizedAlert(fingerprint=alert, name=alert, status="firing", labels=labels, source="test")])
+    [(_, event)] = store.due()
+    store.close()
+    resource = Resource.model_validate(event["resource"])
+    started = [
+        d["name"]
+        for d in DEPLOYMENTS
+        for t in d.get("triggers", [])
+        if t["expect"] == ["runbooks.incident.opened"] and DeploymentEventTrigger(**t).match.matches(resource)
+    ]
+    assert sorted(started) == sorted([name, "incident-triage"])  # the triage tells (its policy: no mitigation)
+    [deployment] = [d for d in DEPLOYMENTS if d["name"] == name]
+    [trigger] = deployment["triggers"]
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    assert flow.name == name and set(trigger["parameters"]) <= set(flow.parameters.properties)
+    assert trigger["parameters"]["incident"] == "{{ event.payload.incident_id }}"
+    assert deployment["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+    if alert == "ApiKeyLeak":
+        assert trigger["parameters"]["key_id"] == "{{ event.payload.labels.key_id }}"
+        assert event["payload"]["labels"]["key_id"] == "key_0123"
+    if alert in ("ModelDown", "ProviderHighLatency"):
+        assert trigger["parameters"]["model"] == "{{ event.payload.labels.model }}"

@@ -175,6 +175,26 @@ class Faults(Request):
         description="models whose provider endpoint in us-east-1 (the default region) answers 6 s slower; "
         "switching the model's endpoint to another region cures it",
     )
+    spiking_user_id: str | None = Field(
+        None,
+        description="a user whose traffic spikes by 3,000 requests an hour (its first hour already counted), on its "
+        "first key, until a throttle caps it",
+    )
+    expensive_models: list[ModelName] = Field(
+        default_factory=list,
+        description="models whose requests cost 3 times as much (a client sends long contexts); a cost strategy "
+        "whose max_cost_per_request is under that price routes them no traffic",
+    )
+    skewed_weights: dict[ModelName, Weight] = Field(
+        default_factory=dict,
+        description="load-balancer weights a bad configuration push sets when the fault is turned on; a later "
+        "weights update overrides them, and turning the fault off puts back the default of those still so",
+    )
+    stuck_breakers: list[ModelName] = Field(
+        default_factory=list,
+        description="models whose circuit breaker opens and stays OPEN (it never goes HALF_OPEN by itself) although "
+        "the model answers; a reset closes it, and turning the fault off closes one still open",
+    )
 
 
 # ---- responses --------------------------------------------------------------------------------------

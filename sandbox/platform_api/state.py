@@ -33,6 +33,10 @@ LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 
 STATUS_CLASSES = ("2xx", "4xx", "5xx")
 CLIENT_ERROR_SHARE = 0.02  # 4xx share of the requests that did not fail with a 5xx
 LEAK_PER_HOUR, LEAK_HISTORY_S, LEAK_IPS = 2_400.0, 6 * 3_600.0, 40
+SPIKE_PER_HOUR, SPIKE_HISTORY_S = 3_000.0, 3_600.0  # the spiking_user_id fault: on top of the user's own traffic
+COST_SPIKE_FACTOR = 3.0  # the expensive_models fault: a request costs this many times the model's price
+STUCK_BREAKER_S = 7 * 86_400.0  # the stuck_breakers fault: how long a stuck breaker would stay OPEN by itself
+ADDRESS_WINDOW_S = 300.0  # ai_api_key_source_addresses: distinct addresses served with the key over this window
 MIB, BASE_RSS_MB, BASE_HEAP_MB = 2**20, 900.0, 380.0
 WINDOW_UNITS = {"m": 60, "h": 3_600, "d": 86_400}
 ALERT_PERIODS = {"hourly": "1h", "daily": "24h", "weekly": "7d", "monthly": "30d"}
@@ -120,6 +124,7 @@ class Model:
     latency_buckets: list[float] = field(default_factory=lambda: [0.0] * len(LATENCY_BUCKETS_S))
     latency_sum_s: float = 0.0
     lb_requests: float = 0.0  # since the last load-balancer stats reset
+    cost_usd: float = 0.0  # spent on the model's requests (ai_cost_usd_total)
 
     def open_breaker(self, at: float, seconds: float) -> None:
         self.breaker, self.opened_at, self.open_until = "OPEN", at, at + seconds
@@ -143,6 +148,7 @@ class Key:
     per_hour: float  # normal traffic
     source_ips: int
     revoked_at: float | None = None
+    requests_total: float = 0.0  # requests served with the key (ai_api_key_requests_total)
 
     def public(self) -> m.ApiKey:
         fields = ("id", "user_id", "name", "permissions", "created_at", "revoked_at")
@@ -225,7 +231,35 @@ class PlatformState:
                 x.latency_buckets[i] += served * latency_share(bound, latency_ms)
             x.latency_sum_s += served * latency_ms / 1000
             x.lb_requests += served
+            x.cost_usd += served * self._cost_per_request(x)
+        self._key_traffic(dt)
         self.cpu_seconds += self._cpu_ratio() * dt
+
+    def _key_rate(self, key: Key) -> float:
+        """Requests a second sent with ``key`` (its own, a leak's, a spike's); none once revoked."""
+        if key.revoked_at is not None:
+            return 0.0
+        per_hour = key.per_hour + (LEAK_PER_HOUR if self.faults.leaked_key_id == key.id else 0.0)
+        per_hour += SPIKE_PER_HOUR if self._spike_key() is key else 0.0
+        return per_hour / 3_600
+
+    def _spike_key(self) -> Key | None:
+        """The key of the spiking_user_id fault's traffic: the user's first."""
+        user = self.faults.spiking_user_id
+        return next((k for k in self.keys.values() if k.user_id == user), None) if user else None
+
+    def _key_traffic(self, dt: float) -> None:
+        """Count the requests served per key; a throttle in force caps its user's at ``rate_limit`` a minute."""
+        rates: dict[str, dict[str, float]] = {}
+        for key in self.keys.values():
+            rates.setdefault(key.user_id, {})[key.id] = self._key_rate(key)
+        for user_id, per_key in rates.items():
+            total, throttle = sum(per_key.values()), self.throttles.get(user_id)
+            scale = 1.0
+            if throttle is not None and throttle.until.timestamp() > self.now and total > 0:
+                scale = min(1.0, throttle.rate_limit / 60 / total)
+            for key_id, rate in per_key.items():
+                self.keys[key_id].requests_total += rate * scale * dt
 
     def _unauthorized_traffic(self) -> None:
         """The unauthorized_ips fault: one unauthorized event per second from each address not blocked (at most
@@ -284,6 +318,17 @@ class PlatformState:
             raise NotFound("model", name)
         return self.models[name]
 
+    def _cost_per_request(self, x: Model) -> float:
+        factor = COST_SPIKE_FACTOR if x.spec.name in self.faults.expensive_models else 1.0
+        return round(x.spec.cost_per_request * factor, 6)
+
+    def _source_addresses(self, key: Key) -> int:
+        """Distinct source addresses served with the key over the last ADDRESS_WINDOW_S (a revoked key: none once
+        the window has passed its revocation)."""
+        if key.revoked_at is not None and key.revoked_at <= self.now - ADDRESS_WINDOW_S:
+            return 0
+        return key.source_ips + (LEAK_IPS if self.faults.leaked_key_id == key.id else 0)
+
     def _down(self, x: Model) -> bool:
         return x.spec.name in self.faults.models_down
 
@@ -329,7 +374,7 @@ class PlatformState:
         strategy = self.cost_strategy
         if strategy and strategy.max_cost_per_request is not None:
             cap = strategy.max_cost_per_request
-            routable = {n: x for n, x in routable.items() if x.spec.cost_per_request <= cap} or routable
+            routable = {n: x for n, x in routable.items() if self._cost_per_request(x) <= cap} or routable
         raw = {
             n: {"round_robin": 1.0, "weighted": x.weight}.get(self.algorithm, 1000 / self._latency(x))
             * (2.0 if strategy and n in strategy.prefer_models else 1.0)
@@ -367,6 +412,9 @@ class PlatformState:
         if self.faults.leaked_key_id == key.id:
             leak_start = self.fault_since["leaked_key_id"] - LEAK_HISTORY_S
             abuse = LEAK_PER_HOUR * _overlap(start, self.now, leak_start, end) / 3_600
+        if self._spike_key() is key:  # a runaway client of the user's own: its addresses, its error rate
+            spike_start = self.fault_since["spiking_user_id"] - SPIKE_HISTORY_S
+            normal += SPIKE_PER_HOUR * _overlap(start, self.now, spike_start, end) / 3_600
         total = normal + abuse
         served = 1.0 - (self._throttled_away(key, start, total, hours) / total if total else 0.0)
         return total * served, (normal * 0.01 + abuse * 0.35) * served, key.source_ips + (LEAK_IPS if abuse else 0)
@@ -488,6 +536,24 @@ class PlatformState:
                 "Requests refused as unauthorized (invalid or revoked API keys).",
                 [("", sum(1 for e in self.events if e.type == "unauthorized"))],
             ),
+            (
+                "ai_api_key_requests_total",
+                "counter",
+                "Requests served with the API key (a throttle of its user caps them).",
+                [(f'{{key_id="{k.id}",user_id="{k.user_id}"}}', int(k.requests_total)) for k in self.keys.values()],
+            ),
+            (
+                "ai_api_key_source_addresses",
+                "gauge",
+                f"Distinct source addresses served with the API key over the last {ADDRESS_WINDOW_S:.0f} s.",
+                [(f'{{key_id="{k.id}",user_id="{k.user_id}"}}', self._source_addresses(k)) for k in self.keys.values()],
+            ),
+            (
+                "ai_cost_usd_total",
+                "counter",
+                "USD spent on the model's requests (their blended prompt and completion price).",
+                [(f'{{model="{n}"}}', round(x.cost_usd, 4)) for n, x in self.models.items()],
+            ),
         ]
         lines = []
         for name, kind, help_, samples in families:
@@ -583,8 +649,8 @@ class PlatformState:
         rows = [
             m.ModelCost(
                 name=n,
-                total_cost=round(r * x.spec.cost_per_request, 2),
-                cost_per_request=x.spec.cost_per_request,
+                total_cost=round(r * self._cost_per_request(x), 2),
+                cost_per_request=self._cost_per_request(x),
                 requests=r,
             )
             for n, x in self.models.items()
@@ -636,6 +702,17 @@ class PlatformState:
         add("service_down", "service_down", "critical", "ai-multimodel-api", "health checks failing")
         for name in self.faults.models_down:
             add("models_down", "model_unavailable", "high", name, self._error(self.models[name]) or "down")
+        if (spike := self._spike_key()) is not None:
+            requests, _, _ = self._key_usage(spike, hours)
+            add(
+                "spiking_user_id",
+                "user_traffic_spike",
+                "high",
+                spike.user_id,
+                f"{int(requests)} requests in {hours}h with key {spike.id}",
+                api_key_id=spike.id,
+                user_id=spike.user_id,
+            )
         if (key_id := self.faults.leaked_key_id) is not None:
             key = self.keys[key_id]
             requests, _, ips = self._key_usage(key, hours)
@@ -937,12 +1014,30 @@ class PlatformState:
         )
         return self.release
 
+    def _config_faults(self, old: m.Faults, new: m.Faults) -> None:
+        """Faults that change the load balancer's configuration once, when turned on, and put it back when off."""
+        for name, weight in new.skewed_weights.items():
+            if old.skewed_weights.get(name) != weight:
+                self.models[name].weight = weight
+        for name, weight in old.skewed_weights.items():
+            if name not in new.skewed_weights and self.models[name].weight == weight:
+                self.models[name].weight = self.models[name].spec.default_weight
+        for name in set(new.stuck_breakers) - set(old.stuck_breakers):
+            self.models[name].open_breaker(self.now, STUCK_BREAKER_S)
+        for name in set(old.stuck_breakers) - set(new.stuck_breakers):
+            if self.models[name].breaker == "OPEN":
+                self.models[name].close_breaker()
+
     def fault_status(self) -> m.FaultsStatus:
         return m.FaultsStatus(**self.faults.model_dump(), active=bool(self.fault_since))
 
     def set_faults(self, faults: m.Faults) -> m.FaultsStatus:
         if faults.leaked_key_id is not None and faults.leaked_key_id not in self.keys:
             raise InvalidInput(("body", "leaked_key_id"), f"unknown api key {faults.leaked_key_id!r}")
+        if faults.spiking_user_id is not None and not any(
+            k.user_id == faults.spiking_user_id for k in self.keys.values()
+        ):
+            raise InvalidInput(("body", "spiking_user_id"), f"unknown user {faults.spiking_user_id!r}")
         old, self.faults = self.faults, faults
         if set(faults.unauthorized_ips) - set(old.unauthorized_ips):
             self.unauthorized_at = min(self.unauthorized_at, self.now - 60)
@@ -955,6 +1050,12 @@ class PlatformState:
                 self.fault_since.pop(name, None)
         for name in set(old.models_down) ^ set(faults.models_down):  # the health checker notices at once
             self._check(self.models[name], self.now)
+        self._config_faults(old, faults)
+        # the history a new leak or spike comes with was served: its requests are counted at once
+        if faults.leaked_key_id not in (None, old.leaked_key_id):
+            self.keys[faults.leaked_key_id].requests_total += LEAK_PER_HOUR * LEAK_HISTORY_S / 3_600
+        if faults.spiking_user_id not in (None, old.spiking_user_id) and (spike := self._spike_key()) is not None:
+            spike.requests_total += SPIKE_PER_HOUR * SPIKE_HISTORY_S / 3_600
         if faults.leaked_key_id not in (None, old.leaked_key_id):
             self.events += [
                 m.SecurityEvent(

@@ -51,7 +51,7 @@ class ModelLatency(BaseModel):
 
 class CostOptimization(BaseModel):
     period: str = "24h"
-    max_avg_cost_per_request: float = Field(0.018, gt=0, description="USD; above it the strategy is applied")
+    max_avg_cost_per_request: float = Field(0.025, gt=0, description="USD; above it the strategy is applied")
     strategy: dict[str, Any] = Field(
         default_factory=lambda: {
             "strategy": "cost_efficient",
@@ -65,6 +65,7 @@ class CostOptimization(BaseModel):
 
 
 class KeyCompromise(BaseModel):
+    max_source_ips: int = Field(10, ge=1, description="more distinct addresses on a key in 5 minutes: leaked")
     usage_hours: int = Field(24, ge=1, le=720)
     audit_hours: int = Field(72, ge=1, le=720)
     replacement_name: str = "Replacement key - Security incident"

@@ -20,6 +20,17 @@ MEMORY_POLICY = ROOT / "tasks" / "memory" / "policy.yaml"
 #: the alerts the operational runbooks answer (seed: "Monitoring & Alerts"), plus ModelDown, plus the seed's
 #: "Performance Issues / High Memory Usage"
 EXPECTED = {"HighErrorRate", "HighResponseTime", "ServiceDown", "ModelDown", "HighMemoryUsage"}
+#: the runbook catalogue's triggers (issue 14), each with the deployment it starts (prefect.yaml)
+CATALOGUE = {
+    "UnauthorizedAccessSpike": "security-unauthorized-access",
+    "ApiKeyLeak": "security-key-compromise",
+    "SuspiciousUsage": "security-suspicious-usage",
+    "LoadImbalance": "lb-rebalance",
+    "CircuitBreakerOpen": "circuit-breakers",
+    "ModelDown": "model-unavailable",
+    "ProviderHighLatency": "model-latency",
+    "CostBudgetExceeded": "cost-optimization",
+}
 
 
 def _rules() -> dict[str, dict[str, object]]:
@@ -52,7 +63,7 @@ def test_rules_pass_their_unit_tests() -> None:
 
 
 def test_every_seed_alert_has_a_rule() -> None:
-    assert EXPECTED <= set(_rules())
+    assert EXPECTED | set(CATALOGUE) <= set(_rules())
 
 
 def test_thresholds_are_the_triage_policy_ones() -> None:
@@ -79,21 +90,19 @@ def test_catalogue_alerts_use_the_catalogue_policy_and_route_to_their_flows() ->
     assert threshold("UnauthorizedAccessSpike") == policy["unauthorized_access"]["min_events"]
     assert threshold("ProviderHighLatency") == policy["model_latency"]["p95_ms"] / 1000
     assert threshold("LoadImbalance") == policy["lb_rebalance"]["max_share"]
+    assert threshold("ApiKeyLeak") == policy["key_compromise"]["max_source_ips"]
+    assert threshold("SuspiciousUsage") == policy["suspicious_usage"]["min_requests"]
+    assert f"[{policy['suspicious_usage']['hours']}h]" in str(rules["SuspiciousUsage"]["expr"])  # its window too
+    assert threshold("CostBudgetExceeded") == policy["cost_optimization"]["max_avg_cost_per_request"]
     routes: dict[str, str] = {}
     for deployment in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
         for trigger in deployment.get("triggers", []):
             names = trigger["match"].get("runbooks.alert.name", [])
             for name in [names] if isinstance(names, str) else names:
                 routes[name] = deployment["name"]
-    catalogue = {
-        "UnauthorizedAccessSpike": "security-unauthorized-access",
-        "CircuitBreakerOpen": "circuit-breakers",
-        "ProviderHighLatency": "model-latency",
-        "LoadImbalance": "lb-rebalance",
-    }
-    assert {alert: routes.get(alert) for alert in catalogue} == catalogue
+    assert {alert: routes.get(alert) for alert in CATALOGUE} == CATALOGUE
     triage = yaml.safe_load(POLICY.read_text())["alerts"]
-    assert all(triage[alert]["mitigations"] == [] for alert in catalogue)
+    assert {alert: triage[alert]["mitigations"] for alert in CATALOGUE} == dict.fromkeys(CATALOGUE, [])
 
 
 def test_high_memory_fires_at_the_memory_policy_ratio() -> None:

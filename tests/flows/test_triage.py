@@ -40,9 +40,11 @@ from tests.flows.conftest import (
 )
 
 
-async def test_model_down_opens_its_circuit_breaker(
+async def test_model_down_is_told_and_left_to_model_unavailable(
     sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]], receivers_url: str, clean_node: None
 ) -> None:
+    """ModelDown: the triage diagnoses and tells (Slack, PagerDuty, Opsgenie by the escalation matrix) and acts on
+    nothing: model-unavailable, which the alert starts too (prefect.yaml), reconnects the model or falls back."""
     url, headers = platform_admin
     httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"models_down": ["gemini-pro"]}).raise_for_status()
     report = await incident_triage(
@@ -59,13 +61,11 @@ async def test_model_down_opens_its_circuit_breaker(
     escalation = load_policy().escalation[report.severity]
     models = next(f for f in report.findings if f.enricher == "models")
     assert not models.ok and "gemini-pro" in models.title
-    assert [(m.action, m.target, m.outcome) for m in report.mitigations] == [
-        ("open_circuit_breaker", "gemini-pro", "applied")
-    ]
+    assert report.mitigations == []
     config = httpx.get(f"{url}/admin/models/gemini-pro/config", headers=headers).json()
-    assert config["fallback_model"] == "claude-3-5-sonnet"
-    breakers = httpx.get(f"{url}/api/v1/load-balancer/circuit-breakers").json()
-    assert next(b for b in breakers if b["model"] == "gemini-pro")["state"] == "OPEN"
+    assert config["fallback_model"] is None  # no fallback of the triage's: model-unavailable's is the one
+    audit = httpx.post(f"{url}/admin/audit/search", headers=headers, json={"hours": 1}).json()["events"]
+    assert not [e for e in audit if e["target"] == "gemini-pro"]  # nothing done to the model
     received = httpx.get(f"{receivers_url}/_received").json()
     slack = [e for e in received if e["system"] == "slack"]
     assert slack[0]["body"]["channel"] == f"#ai-multimodel-{escalation.slack}"  # the escalation matrix's channel
@@ -169,11 +169,14 @@ async def test_dry_run_changes_nothing(
     url, headers = platform_admin
     httpx.put(f"{url}/_sandbox/faults", headers=headers, json={"models_down": ["qwen"]}).raise_for_status()
     report = await incident_triage(
-        alert_name="ModelDown", incident_id=f"inc-{uuid.uuid4().hex[:8]}", environment=TEST_ENVIRONMENT, dry_run=True
+        alert_name="HighErrorRate",
+        incident_id=f"inc-{uuid.uuid4().hex[:8]}",
+        environment=TEST_ENVIRONMENT,
+        dry_run=True,
     )
-    assert [(m.action, m.target, m.outcome) for m in report.mitigations] == [
-        ("open_circuit_breaker", "qwen", "dry-run")
-    ]
+    # its breaker (and a scale-out when qwen's timeouts already pushed p95 or the error rate over P1's), described
+    assert ("open_circuit_breaker", "qwen", "dry-run") in [(m.action, m.target, m.outcome) for m in report.mitigations]
+    assert {m.outcome for m in report.mitigations} == {"dry-run"}
     config = httpx.get(f"{url}/admin/models/qwen/config", headers=headers).json()
     assert config["fallback_model"] is None  # the mitigation was only described, not applied
 
@@ -526,7 +529,7 @@ async def test_incident_resolved_closes_everything_and_posts_resolved_once(
         environment=production_environment,
         dry_run=True,  # observe: the triage only describes; notifications go out all the same
     )
-    assert [m.outcome for m in report.mitigations] == ["dry-run"]
+    assert report.mitigations == []  # ModelDown: model-unavailable acts, the triage tells
     first = received(receivers_url, "slack")[0]
     httpx.delete(f"{url}/_sandbox/faults", headers=headers).raise_for_status()
 

@@ -1,7 +1,8 @@
 """The sandbox's alerting chain: platform double -> Prometheus (alerting/rules) -> Alertmanager -> alert gateway.
 
-One test brings up only what the chain needs (platform, gateway, Alertmanager, Prometheus) on free ports, injects
-``model-down`` through the CLI and follows the alert to the gateway. Every wait polls with a deadline.
+Two tests share what the chain needs (platform, gateway, Alertmanager, Prometheus) on free ports: one injects
+``model-down`` through the CLI and follows the alert to the gateway, the other injects the runbook catalogue's
+faults and sees each fire its rule. Every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -74,18 +75,20 @@ def test_unknown_fault_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]
     assert len(err.splitlines()) == 1 and "model-down" in err and "clear" in err
 
 
-@pytest.fixture()
-def chain(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Sandbox]:
     _need("prometheus", "prometheus-alertmanager")
-    settings = make_settings(tmp_path / "home", redis_url, startup_timeout_s=60.0)
-    for field in ("home", "platform_port", "gateway_port", "prometheus_port", "alertmanager_port", "prefect_port"):
-        monkeypatch.setenv(f"RUNBOOKS_SANDBOX_{field.upper()}", str(getattr(settings, field)))  # for the CLI
+    settings = make_settings(tmp_path_factory.mktemp("chain") / "home", redis_url, startup_timeout_s=60.0)
     box = Sandbox(settings)
-    try:
-        box.up(CHAIN)
-        yield box
-    finally:
-        box.down(CHAIN)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for field in ("home", "platform_port", "gateway_port", "prometheus_port", "alertmanager_port", "prefect_port"):
+            monkeypatch.setenv(f"RUNBOOKS_SANDBOX_{field.upper()}", str(getattr(settings, field)))  # for the CLI
+        try:
+            box.up(CHAIN)
+            yield box
+        finally:
+            main(["sandbox", "fault", "clear"])
+            box.down(CHAIN)
 
 
 def test_model_down_fires_and_reaches_the_gateway(chain: Sandbox) -> None:
@@ -132,3 +135,50 @@ def test_model_down_fires_and_reaches_the_gateway(chain: Sandbox) -> None:
     admin = {"Authorization": f"Bearer {chain.state.secrets()['platform_admin_token']}"}
     faults = httpx.get(f"{settings.url(settings.platform_port)}/_sandbox/faults", headers=admin).json()
     assert faults["active"] is False and faults["models_down"] == []
+
+
+def test_catalogue_faults_fire_their_rules(chain: Sandbox) -> None:
+    """Each catalogue fault through the CLI, all at once (faults add up), fires its rule of alerting/rules/catalogue.yml
+    in Prometheus with the labels its flow's trigger reads: the leaked key, the spiking users, the model. About two
+    minutes alone (CostBudgetExceeded's 2-minute rate and 1-minute `for:`)."""
+    settings = chain.settings
+    prometheus = PrometheusComponent(settings, chain.state).address
+    platform = settings.url(settings.platform_port)
+    users = httpx.get(f"{platform}/api/v1/analytics/top-users?hours=24").json()["users"]
+    leaked_user, quiet_user = users[0]["user_id"], users[-1]["user_id"]  # the faults' picks (sandbox/faults.py)
+    leaked_key = users[0]["api_key_ids"][0]
+
+    def scraped() -> bool:
+        query = httpx.get(f"{prometheus}/api/v1/query", params={"query": "ai_cost_usd_total"}).json()
+        return bool(query["data"]["result"])
+
+    _poll(scraped, timeout_s=30, what="the platform's cost counters in Prometheus")
+    for fault in ("leaked-key", "suspicious-usage", "cost-spike", "load-imbalance", "breaker-open"):
+        assert main(["sandbox", "fault", fault]) == 0
+
+    expected = {
+        ("ApiKeyLeak", leaked_key),
+        ("SuspiciousUsage", leaked_user),  # a leaked key's traffic puts its user over 1,000 requests too
+        ("SuspiciousUsage", quiet_user),
+        ("CostBudgetExceeded", ""),
+        ("LoadImbalance", "claude-3-5-sonnet"),
+        ("CircuitBreakerOpen", "gemini-pro"),
+    }
+
+    def firing() -> set[tuple[str, str]] | None:
+        alerts = httpx.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        fired = {
+            (
+                a["labels"]["alertname"],
+                a["labels"].get("key_id") or a["labels"].get("user_id") or a["labels"].get("model", ""),
+            )
+            for a in alerts
+            if a["state"] == "firing"
+        }
+        return fired if expected <= fired else None
+
+    fired = _poll(firing, timeout_s=240, what="the catalogue's alerts firing in Prometheus")
+    assert not {name for name, _ in fired} & {"ModelDown", "UnauthorizedAccessSpike", "ProviderHighLatency"}
+    alerts = httpx.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
+    leak = next(a for a in alerts if a["labels"]["alertname"] == "ApiKeyLeak")
+    assert leak["labels"]["user_id"] == leaked_user  # the flow's key_id and the owner, from the alert's labels

@@ -39,6 +39,16 @@ def _platform_faults(sandbox: Sandbox) -> dict[str, Any]:
     return dict(httpx.get(settings.url(settings.platform_port, "/_sandbox/faults"), headers=headers).json())
 
 
+def _platform(sandbox: Sandbox, path: str) -> Any:
+    settings = sandbox.settings
+    return httpx.get(settings.url(settings.platform_port, path)).json()
+
+
+def _breaker(sandbox: Sandbox, model: str) -> str:
+    breakers = _platform(sandbox, "/api/v1/load-balancer/circuit-breakers")
+    return str(next(b["state"] for b in breakers if b["model"] == model))
+
+
 def test_faults_add_up_and_clear_undoes_them(
     sandbox: Sandbox, admin_kubeconfig: Path, kubernetes_cluster: KubernetesCluster
 ) -> None:
@@ -50,6 +60,10 @@ def test_faults_add_up_and_clear_undoes_them(
         assert faults["models_down"] == ["gpt-4"] and faults["error_rate"] == 0.3 and faults["latency_ms"] == 3000
         assert faults["service_down"] and faults["memory_growth_mb_per_min"] == 50 and faults["leaked_key_id"]
         assert faults["unauthorized_ips"] == ["203.0.113.50", "198.51.100.23"] and faults["slow_models"] == ["qwen"]
+        assert faults["spiking_user_id"] and faults["expensive_models"] == ["gpt-4"]
+        assert faults["skewed_weights"] == {"claude-3-5-sonnet": 1.0} and faults["stuck_breakers"] == ["gemini-pro"]
+        assert _platform(sandbox, "/api/v1/load-balancer/config")["weights"]["claude-3-5-sonnet"] == 1.0
+        assert _breaker(sandbox, "gemini-pro") == "OPEN"
 
         deployment = _kubectl(admin_kubeconfig, "-n", "production", "get", "deployment", API_APP)
         image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
@@ -78,3 +92,6 @@ def test_faults_add_up_and_clear_undoes_them(
         asyncio.run(fresh_api_pods(kubernetes_cluster))  # the crash-looped pods keep their restarts otherwise
     assert _node_rules(admin_kubeconfig) is None
     assert _platform_faults(sandbox)["active"] is False
+    # the configuration faults put back what they changed: the default weight, the breaker closed
+    assert _platform(sandbox, "/api/v1/load-balancer/config")["weights"]["claude-3-5-sonnet"] == 0.25
+    assert _breaker(sandbox, "gemini-pro") == "CLOSED"

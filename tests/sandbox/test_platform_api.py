@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
 from sandbox.platform_api import app as app_module
@@ -28,6 +29,8 @@ from sandbox.platform_api.export_openapi import OPENAPI_PATH, render
 from sandbox.platform_api.fleet import MODEL_NAMES
 from sandbox.platform_api.state import PlatformState
 
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("2xx", "4xx", "5xx")
 TOKEN = "test-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 START = 1_700_000_000.0
@@ -579,6 +582,98 @@ def test_a_throttle_caps_the_users_rate(api: httpx.Client, admin: httpx.Client, 
     admin.delete(f"/admin/users/{user_id}/throttle").raise_for_status()
     clock.advance(3600)
     assert last_hour() == pytest.approx(free, rel=0.05)  # lifted: the full rate again
+
+
+def test_leaked_key_metrics(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    """ApiKeyLeak's figure: the leaked key's distinct source addresses; revoked, they are gone after the window."""
+    key_id, user_id = some_key(api)
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) <= 3
+    before = metric(api, "ai_api_key_requests_total", key_id=key_id, user_id=user_id)
+    set_faults(admin, leaked_key_id=key_id)
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) > 40
+    # its six hours of history were served: the counter takes them at once, then grows at the leak's rate
+    assert metric(api, "ai_api_key_requests_total", key_id=key_id) - before >= 6 * 2400
+    admin.delete(f"/admin/api-keys/{key_id}").raise_for_status()
+    served = metric(api, "ai_api_key_requests_total", key_id=key_id)
+    clock.advance(301)
+    assert metric(api, "ai_api_key_source_addresses", key_id=key_id) == 0
+    assert metric(api, "ai_api_key_requests_total", key_id=key_id) == served  # a revoked key serves nothing
+
+
+def test_spiking_user_is_capped_by_a_throttle(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    """SuspiciousUsage's figure: one user's requests a day; a throttle caps their rate."""
+    quiet = api.get("/api/v1/analytics/top-users?hours=24").json()["users"][-1]["user_id"]
+
+    def served() -> float:
+        return sum(
+            metric(api, "ai_api_key_requests_total", key_id=k)
+            for k in next(u for u in top() if u["user_id"] == quiet)["api_key_ids"]
+        )
+
+    def top() -> list[dict[str, Any]]:
+        return list(api.get("/api/v1/analytics/top-users?hours=24").json()["users"])
+
+    start = served()
+    set_faults(admin, spiking_user_id=quiet)
+    assert top()[0]["user_id"] == quiet and top()[0]["requests"] > 1000
+    assert served() - start >= 3000  # its first hour, already served
+    anomalies = api.get("/api/v1/analytics/anomalies?hours=24").json()["anomalies"]
+    assert any(a["kind"] == "user_traffic_spike" and a["user_id"] == quiet for a in anomalies)
+    start = served()
+    clock.advance(600)
+    assert served() - start >= 500  # 3,000 an hour
+    admin.post(f"/admin/users/{quiet}/throttle", json={"rate_limit": 10, "duration": 3600}).raise_for_status()
+    start = served()
+    clock.advance(600)
+    assert served() - start <= 10 * 10 + 1  # 10 a minute
+    assert admin.put("/_sandbox/faults", json={"spiking_user_id": "nobody"}).status_code == 422
+
+
+def test_cost_spike_goes_over_the_budget_and_the_strategy_brings_it_back(
+    api: httpx.Client, admin: httpx.Client, clock: FakeClock
+) -> None:
+    """CostBudgetExceeded's figure: USD spent over requests served, both counters, against the policy's budget."""
+    budget = yaml.safe_load((ROOT / "tasks" / "catalogue" / "policy.yaml").read_text())["cost_optimization"][
+        "max_avg_cost_per_request"
+    ]
+
+    def cost_per_request() -> float:
+        def totals() -> tuple[float, float]:
+            usd = sum(metric(api, "ai_cost_usd_total", model=n) for n in MODEL_NAMES)
+            requests = sum(metric(api, "http_requests_total", model=n, status=c) for n in MODEL_NAMES for c in CLASSES)
+            return usd, requests
+
+        usd0, req0 = totals()
+        clock.advance(600)
+        usd1, req1 = totals()
+        return (usd1 - usd0) / (req1 - req0)
+
+    assert cost_per_request() < budget  # the double's normal traffic is within the budget
+    set_faults(admin, expensive_models=["gpt-4"])
+    assert cost_per_request() > budget
+    gpt4 = next(m for m in api.get("/api/v1/analytics/costs").json()["models"] if m["name"] == "gpt-4")
+    assert gpt4["cost_per_request"] == pytest.approx(0.18)
+    strategy = {"strategy": "cost_efficient", "max_cost_per_request": 0.10, "prefer_models": ["claude-3-haiku"]}
+    admin.post("/admin/optimization/cost-strategy", json=strategy).raise_for_status()
+    assert cost_per_request() < budget and distribution(api)["gpt-4"] == 0
+
+
+def test_skewed_weight_and_stuck_breaker_faults(api: httpx.Client, admin: httpx.Client, clock: FakeClock) -> None:
+    """LoadImbalance's and CircuitBreakerOpen's faults: a configuration push, a breaker that does not recover."""
+    set_faults(admin, skewed_weights={"claude-3-5-sonnet": 1.0}, stuck_breakers=["gemini-pro"])
+    assert metric(api, "ai_lb_model_share", model="claude-3-5-sonnet") > 0.5
+    clock.advance(3600)
+    assert breaker(api, "gemini-pro")["state"] == "OPEN" and metric(api, "ai_circuit_breaker_open", model="gemini-pro")
+    assert api.get("/api/v1/models/gemini-pro/test").json()["ok"]  # the model answers: only its breaker is stuck
+    assert admin.post("/admin/load-balancer/circuit-breakers/gemini-pro/reset").json()["state"] == "CLOSED"
+    admin.patch("/admin/load-balancer/weights", json={"claude-3-5-sonnet": 0.3}).raise_for_status()
+    assert metric(api, "ai_lb_model_share", model="claude-3-5-sonnet") < 0.5
+    set_faults(admin, skewed_weights={}, stuck_breakers=[])  # off: a weight changed since is left alone
+    assert api.get("/api/v1/load-balancer/config").json()["weights"]["claude-3-5-sonnet"] == 0.3
+    set_faults(admin, skewed_weights={"qwen": 0.9}, stuck_breakers=["qwen"])
+    set_faults(admin, skewed_weights={}, stuck_breakers=[])  # off: the default weight back, the breaker closed
+    assert api.get("/api/v1/load-balancer/config").json()["weights"]["qwen"] == 0.08
+    assert breaker(api, "qwen")["state"] == "CLOSED"
 
 
 def test_audit_log_records_admin_mutations(admin: httpx.Client) -> None:

@@ -60,10 +60,16 @@ def test_service_down_without_a_rollout_is_restarted() -> None:
 def test_models_down_get_their_circuit_breakers_with_the_policy_fallback() -> None:
     m = load_policy().mitigation
     params = {"duration_s": m.circuit_breaker_duration_s, "fallback_model": m.fallback_model}
-    assert plan("ModelDown", down_models=["gemini-pro", "qwen"]) == [
+    assert plan("HighErrorRate", down_models=["gemini-pro", "qwen"]) == [
         ("open_circuit_breaker", "gemini-pro", params),
         ("open_circuit_breaker", "qwen", params),
     ]
+
+
+def test_model_down_is_left_to_model_unavailable() -> None:
+    """ModelDown starts model-unavailable (prefect.yaml), which reconnects the model, then falls back: the triage
+    plans nothing of its own, so nothing acts on the model twice."""
+    assert plan("ModelDown", down_models=["gemini-pro"]) == []
 
 
 def test_scale_out_on_the_policy_thresholds() -> None:
