@@ -165,17 +165,57 @@ def _max_share_at_most(limit: float) -> Callable[[dict[str, float], dict[str, fl
     return check
 
 
+def _busy_keys_quiet(min_addresses: float) -> Callable[[dict[str, float], dict[str, float]], bool | None]:
+    """Every key served from more than ``min_addresses`` addresses (a leaked one) serves no request any more."""
+
+    def check(before: dict[str, float], after: dict[str, float]) -> bool | None:
+        leaked = [
+            k.removeprefix("ai_api_key_source_addresses")
+            for k, v in after.items()
+            if k.startswith("ai_api_key_source_addresses{") and v > min_addresses
+        ]
+        name = "ai_api_key_requests_total"
+        return all(after.get(name + k, 0.0) - before.get(name + k, 0.0) < 1 for k in leaked)
+
+    return check
+
+
+def _users_under(per_s: float) -> Callable[[dict[str, float], dict[str, float]], bool | None]:
+    """Every user's requests (all their keys) over the window at most ``per_s`` a second."""
+
+    def check(before: dict[str, float], after: dict[str, float]) -> bool | None:
+        users: dict[str, float] = {}
+        for k, v in after.items():
+            if k.startswith("ai_api_key_requests_total{") and (m := re.search(r'user_id="([^"]*)"', k)):
+                users[m.group(1)] = users.get(m.group(1), 0.0) + v - before.get(k, v)
+        return None if not users else max(users.values()) <= per_s * NORMAL_WINDOW_LONG_S
+
+    return check
+
+
+def _cost_per_request_under(limit: float) -> Callable[[dict[str, float], dict[str, float]], bool | None]:
+    def check(before: dict[str, float], after: dict[str, float]) -> bool | None:
+        cost = sum(_family(after, "ai_cost_usd_total")) - sum(_family(before, "ai_cost_usd_total"))
+        requests = sum(_family(after, "http_requests_total")) - sum(_family(before, "http_requests_total"))
+        return None if requests <= 0 else cost / requests <= limit
+
+    return check
+
+
+NORMAL_WINDOW_LONG_S = 8.0
+
+
 @dataclass(frozen=True)
 class Procedure:
     flow: str  # the catalogue flow (its deployment's name)
     fault: str  # sandbox/faults.py's name, as `runbooks sandbox fault NAME`
     alert: str  # alerting/rules/*.yml
     normal: Normal
+    once: str = ""  # why a second run cannot be independent (then one run only)
 
 
-#: fault → alert → flow → how "normal" is read ("applied" is always the flow's first runbooks.action.applied event).
-#: The faults and rules marked (h-14a) come with issue 14's second part; until they are in the tree the procedure
-#: is reported as missing them.
+#: fault → alert → flow → how "normal" is read ("applied": the incident's run's ``runbooks.action.applied`` events).
+#: Thresholds are the catalogue policy's and the rules' (tasks/catalogue/policy.yaml, alerting/rules/catalogue.yml).
 PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "security-unauthorized-access",
@@ -186,31 +226,41 @@ PROCEDURES: tuple[Procedure, ...] = (
     Procedure(
         "security-key-compromise",
         "leaked-key",
-        "ApiKeyLeak",  # (h-14a)
-        Normal("the ApiKeyLeak expression empty in Prometheus"),
+        "ApiKeyLeak",
+        Normal(
+            "no request in 6 s on a key served from > 10 addresses (ai_api_key_requests_total)",
+            _busy_keys_quiet(10),
+            6.0,
+        ),
     ),
     Procedure(
         "security-suspicious-usage",
-        "suspicious-usage",  # (h-14a)
-        "SuspiciousUsage",  # (h-14a)
-        Normal("the SuspiciousUsage expression empty in Prometheus"),
+        "suspicious-usage",
+        "SuspiciousUsage",
+        Normal(
+            "every user at most 15 requests a minute over 8 s (ai_api_key_requests_total; the throttle's 10)",
+            _users_under(0.25),
+            NORMAL_WINDOW_LONG_S,
+        ),
+        once="SuspiciousUsage sums 24 h of a user's requests: after the reset it keeps firing for the same user "
+        "(the fault's), so a second run would open no incident",
     ),
     Procedure(
         "lb-rebalance",
-        "load-imbalance",  # (h-14a)
+        "load-imbalance",
         "LoadImbalance",
         Normal("every model's ai_lb_model_share <= 0.5 (the policy's max_share)", _max_share_at_most(0.5)),
     ),
     Procedure(
         "circuit-breakers",
-        "breaker-stuck-open",  # (h-14a)
+        "breaker-open",
         "CircuitBreakerOpen",
         Normal("no ai_circuit_breaker_open == 1", _no_breaker_open),
     ),
     Procedure(
         "model-unavailable",
         "model-down",
-        "ModelDown",  # routed to model-unavailable by (h-14a); the triage's today
+        "ModelDown",
         Normal("the platform's error_rate < 5% (its traffic off the down model)", _error_rate_under(0.05)),
     ),
     Procedure(
@@ -221,9 +271,13 @@ PROCEDURES: tuple[Procedure, ...] = (
     ),
     Procedure(
         "cost-optimization",
-        "cost-spike",  # (h-14a)
-        "CostBudgetExceeded",  # (h-14a)
-        Normal("the CostBudgetExceeded expression empty in Prometheus"),
+        "cost-spike",
+        "CostBudgetExceeded",
+        Normal(
+            "USD per request over 5 s <= 0.025 (ai_cost_usd_total / http_requests_total; the policy's budget)",
+            _cost_per_request_under(0.025),
+            5.0,
+        ),
     ),
 )
 
@@ -408,11 +462,12 @@ class PrivateSandbox:
 
 # ------------------------------------------------------------------------------------------------------- the run
 class Bench:
-    def __init__(self, sandbox: PrivateSandbox, timeout_s: float) -> None:
+    def __init__(self, sandbox: PrivateSandbox, timeout_s: float, quiet_timeout_s: float) -> None:
         s = sandbox.settings
         secrets = sandbox.box.state.secrets()
         self.sandbox = sandbox
         self.timeout_s = timeout_s
+        self.quiet_timeout_s = quiet_timeout_s
         self.platform = httpx.Client(
             base_url=s.url(s.platform_port), headers={"Authorization": f"Bearer {secrets['platform_admin_token']}"}
         )
@@ -527,24 +582,24 @@ class Bench:
 
         print("   " + faults.inject(fault, self.sandbox.settings, self.sandbox.box.state), flush=True)
 
-    def reset(self, alert: str, incident_id: str | None, flow: str) -> None:
-        """Clear the fault, reset the double, wait for the incident resolved, the alert inactive, the runs over."""
+    def reset(self, flow: str, incident_id: str | None) -> None:
+        """Clear the fault and reset the double; then wait for the run's incident resolved at the gateway (its alert
+        inactive: Alertmanager sent the resolution) and the flows it started over."""
         from sandbox import faults
 
         faults.inject("clear", self.sandbox.settings, self.sandbox.box.state)
         self.platform.post("/_sandbox/reset", timeout=10).raise_for_status()
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + self.quiet_timeout_s
         while time.monotonic() < deadline:
             resolved = incident_id is None or all(
                 i["status"] != "open"
                 for i in self.gateway.get("/incidents", timeout=10).json()
                 if i["incident_id"] == incident_id
             )
-            quiet = not self.runs_active(flow, "incident-triage", "incident-resolved")
-            if resolved and not self.alert_active(alert) and quiet:
+            if resolved and not self.runs_active(flow, "incident-triage", "incident-resolved"):
                 return
             time.sleep(1)
-        raise TimeoutError(f"{alert}: not back to a quiet platform within {self.timeout_s:.0f}s of the reset")
+        raise TimeoutError(f"incident {incident_id} not resolved within {self.quiet_timeout_s:.0f}s of the reset")
 
     def wait(self, what: str, probe: Callable[[], Any], poll_s: float = 0.25) -> Any:
         deadline = time.monotonic() + self.timeout_s
@@ -554,7 +609,8 @@ class Bench:
             time.sleep(poll_s)
         raise TimeoutError(f"{what}: nothing within {self.timeout_s:.0f}s")
 
-    def one(self, p: Procedure, runs: Runs, n: int) -> None:
+    def one(self, p: Procedure, runs: Runs, n: int, last: bool) -> bool:
+        """One run; False when the next one could not be independent (the platform did not get quiet)."""
         incident_id: str | None = None
         try:
             self.inject(p.fault)
@@ -570,10 +626,10 @@ class Bench:
             # the mitigation is applied when the run's last action is: wait for the run to end, then read them all
             self.wait(f"{p.flow}'s run over", lambda: self.run_over(run_id) or None, 0.5)
             events = self.applied_events(p.flow, posted, run_id)
-            first, last = (datetime.fromisoformat(events[i]["occurred"]).timestamp() for i in (0, -1))
+            first, done = (datetime.fromisoformat(events[i]["occurred"]).timestamp() for i in (0, -1))
             runs.fault_to_post.append(posted - t0)
             runs.post_to_first_action.append(first - posted)
-            runs.post_to_applied.append(last - posted)
+            runs.post_to_applied.append(done - posted)
             runs.post_to_normal.append(normal - posted)
             runs.fault_to_normal.append(normal - t0)
             verified = self.verified(p.flow, run_id)
@@ -581,15 +637,22 @@ class Bench:
             kinds = ", ".join(str(e.get("payload", {}).get("kind", "?")) for e in events)
             print(
                 f"   run {n}: fault→POST {posted - t0:.1f} s, POST→first action {first - posted:.1f} s, "
-                f"POST→all applied ({kinds}) {last - posted:.1f} s, POST→normal {normal - posted:.1f} s "
+                f"POST→all applied ({kinds}) {done - posted:.1f} s, POST→normal {normal - posted:.1f} s "
                 f"(incident {incident_id})",
                 flush=True,
             )
         except (TimeoutError, httpx.HTTPError) as err:
             runs.errors.append(f"run {n}: {err}")
             print(f"   run {n}: {err}", flush=True)
-        finally:
-            self.reset(p.alert, incident_id, p.flow)
+        try:
+            # after a procedure's last run (or one that cannot repeat), only the fault is cleared and the double reset:
+            # the next procedure's alert is another one
+            self.reset(p.flow, None if last or p.once else incident_id)
+        except (TimeoutError, httpx.HTTPError) as err:
+            runs.errors.append(f"after run {n}: {err}")
+            print(f"   after run {n}: {err}; no more runs of {p.flow}", flush=True)
+            return False
+        return True
 
 
 def check_seed_counts() -> list[str]:
@@ -665,19 +728,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             sandbox.up()
             print(f"sandbox up in {time.perf_counter() - started:.0f} s", flush=True)
-            bench = Bench(sandbox, args.timeout)
+            bench = Bench(sandbox, args.timeout, args.quiet_timeout)
+            end = time.monotonic() + args.budget_min * 60 if args.budget_min else None
             try:
-                for r in todo:
-                    print(f"{r.procedure.flow}: fault {r.procedure.fault} → {r.procedure.alert}", flush=True)
-                    bench.reset(r.procedure.alert, None, r.procedure.flow)
-                    for n in range(args.runs):
-                        bench.one(r.procedure, r, n)
-                    if not r.post_to_applied:
-                        r.status = "failed: " + "; ".join(r.errors)[:300]
-                    elif r.errors:
-                        r.status = f"measured ({len(r.errors)} run(s) failed)"
+                bench.reset(todo[0].procedure.flow, None)
+                # round by round (run 1 of every procedure, then run 2...): a budget cut leaves each one measured
+                going = {r.procedure.flow: True for r in todo}
+                for n in range(args.runs):
+                    for r in todo:
+                        p = r.procedure
+                        if not going[p.flow] or (p.once and n > 0):
+                            continue
+                        if end is not None and time.monotonic() > end:
+                            r.errors.append(f"run {n}: not started, --budget-min {args.budget_min} spent")
+                            continue
+                        print(f"{p.flow}, run {n}: fault {p.fault} → {p.alert}", flush=True)
+                        going[p.flow] = bench.one(p, r, n, last=n == args.runs - 1)
             finally:
                 bench.close()
+            for r in todo:
+                if r.procedure.once:
+                    r.errors.append(f"one run only: {r.procedure.once}")
+                if not r.post_to_applied:
+                    r.status = "failed: " + "; ".join(r.errors)[:300]
+                elif len(r.post_to_applied) < args.runs:
+                    r.status = f"measured {len(r.post_to_applied)}/{args.runs}"
         finally:
             print("stopping the private sandbox ...", flush=True)
             sandbox.down()
@@ -689,6 +764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per procedure (p50/p95 over them)")
     parser.add_argument("--only", help="comma-separated flows, faults or alerts (default: all eight)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for each wait of a run")
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=480.0,
+        help="seconds for a run's incident to resolve after the reset (ApiKeyLeak's window is 5 minutes)",
+    )
+    parser.add_argument("--budget-min", type=float, help="start no run after this many minutes of measuring")
     parser.add_argument(
         "--without-kubernetes",
         action="store_true",
