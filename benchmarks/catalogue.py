@@ -16,12 +16,14 @@ catalogue's mode is ``auto``. For each procedure of :data:`PROCEDURES` (fault �
    double's ``/metrics`` where the procedure has a figure of its own, else the alert rule's expression empty in
    Prometheus).
 
-Between runs the fault is cleared and the double reset to its seeded baseline (``/_sandbox/reset``: faults,
-models, weights, breakers, keys, blocks, throttles, strategies), then the benchmark waits until the incident is
-resolved at the gateway, the alert is inactive in Prometheus and the flow runs are over, so that each run starts
-from a quiet platform, opens a new incident (a new idempotency scope) and is independent of the one before. The
+After each run the fault is cleared and the double reset to its seeded baseline (``/_sandbox/reset``: faults,
+models, weights, breakers, keys, blocks, throttles, strategies). The runs go round by round (run 1 of every
+procedure, then run 2, ...), and a procedure's next run starts only once its previous incident is resolved at the
+gateway (Alertmanager sent the resolution: the alert is inactive) and no flow, triage or resolution run is going
+on: each run starts from a quiet platform, opens a new incident (a new idempotency scope) and is independent of the
+one before, while the slow resolutions (ApiKeyLeak's 5-minute address window) overlap other procedures' runs. The
 temporary actions' records stay in Redis until their expiry (an hour and more): the reset, not the expiry, restores
-the baseline here.
+the baseline here. ``--budget-min`` stops starting runs after that long (a cut is reported per procedure).
 
 For each alert, the seed's manual procedure (``MANUAL_COMMANDS``: its commands in
 ``operational-runbooks.md``'s section, one minute each) against the automated fault → normal, as a ratio.
@@ -582,13 +584,16 @@ class Bench:
 
         print("   " + faults.inject(fault, self.sandbox.settings, self.sandbox.box.state), flush=True)
 
-    def reset(self, flow: str, incident_id: str | None) -> None:
-        """Clear the fault and reset the double; then wait for the run's incident resolved at the gateway (its alert
-        inactive: Alertmanager sent the resolution) and the flows it started over."""
+    def reset(self) -> None:
+        """Clear the fault and reset the double to its seeded baseline."""
         from sandbox import faults
 
         faults.inject("clear", self.sandbox.settings, self.sandbox.box.state)
         self.platform.post("/_sandbox/reset", timeout=10).raise_for_status()
+
+    def quiet(self, flow: str, incident_id: str | None) -> None:
+        """Wait for the incident resolved at the gateway (its alert inactive: Alertmanager sent the resolution) and
+        no run of the flow, the triage or the resolution going on."""
         deadline = time.monotonic() + self.quiet_timeout_s
         while time.monotonic() < deadline:
             resolved = incident_id is None or all(
@@ -609,10 +614,11 @@ class Bench:
             time.sleep(poll_s)
         raise TimeoutError(f"{what}: nothing within {self.timeout_s:.0f}s")
 
-    def one(self, p: Procedure, runs: Runs, n: int, last: bool) -> bool:
-        """One run; False when the next one could not be independent (the platform did not get quiet)."""
+    def one(self, p: Procedure, runs: Runs, n: int, previous: str | None) -> str | None:
+        """One run, once the previous run's incident (``previous``) is resolved; the run's incident id."""
         incident_id: str | None = None
         try:
+            self.quiet(p.flow, previous)
             self.inject(p.fault)
             t0 = time.time()
             incident = self.wait(f"{p.alert}'s POST at the gateway", lambda: self.incident(p.alert, t0), 0.2)
@@ -644,15 +650,9 @@ class Bench:
         except (TimeoutError, httpx.HTTPError) as err:
             runs.errors.append(f"run {n}: {err}")
             print(f"   run {n}: {err}", flush=True)
-        try:
-            # after a procedure's last run (or one that cannot repeat), only the fault is cleared and the double reset:
-            # the next procedure's alert is another one
-            self.reset(p.flow, None if last or p.once else incident_id)
-        except (TimeoutError, httpx.HTTPError) as err:
-            runs.errors.append(f"after run {n}: {err}")
-            print(f"   after run {n}: {err}; no more runs of {p.flow}", flush=True)
-            return False
-        return True
+        finally:
+            self.reset()
+        return incident_id
 
 
 def check_seed_counts() -> list[str]:
@@ -731,19 +731,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bench = Bench(sandbox, args.timeout, args.quiet_timeout)
             end = time.monotonic() + args.budget_min * 60 if args.budget_min else None
             try:
-                bench.reset(todo[0].procedure.flow, None)
-                # round by round (run 1 of every procedure, then run 2...): a budget cut leaves each one measured
-                going = {r.procedure.flow: True for r in todo}
+                bench.reset()
+                # round by round (run 1 of every procedure, then run 2...): a run's incident resolves while the others
+                # run, and a budget cut leaves each procedure measured
+                previous: dict[str, str | None] = {r.procedure.flow: None for r in todo}
                 for n in range(args.runs):
                     for r in todo:
                         p = r.procedure
-                        if not going[p.flow] or (p.once and n > 0):
+                        if p.once and n > 0:
                             continue
                         if end is not None and time.monotonic() > end:
                             r.errors.append(f"run {n}: not started, --budget-min {args.budget_min} spent")
                             continue
                         print(f"{p.flow}, run {n}: fault {p.fault} → {p.alert}", flush=True)
-                        going[p.flow] = bench.one(p, r, n, last=n == args.runs - 1)
+                        previous[p.flow] = bench.one(p, r, n, previous[p.flow])
             finally:
                 bench.close()
             for r in todo:
