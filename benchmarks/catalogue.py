@@ -730,6 +730,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"sandbox up in {time.perf_counter() - started:.0f} s", flush=True)
             bench = Bench(sandbox, args.timeout, args.quiet_timeout)
             end = time.monotonic() + args.budget_min * 60 if args.budget_min else None
+            if args.stop_at:  # HH:MM UTC today
+                from datetime import UTC, datetime
+
+                hour, minute = (int(x) for x in args.stop_at.split(":"))
+                stop = datetime.now(UTC).replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
+                left = time.monotonic() + stop - time.time()
+                end = left if end is None else min(end, left)
             try:
                 bench.reset()
                 # round by round (run 1 of every procedure, then run 2...): a run's incident resolves while the others
@@ -741,7 +748,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         if p.once and n > 0:
                             continue
                         if end is not None and time.monotonic() > end:
-                            r.errors.append(f"run {n}: not started, --budget-min {args.budget_min} spent")
+                            r.errors.append(f"run {n}: not started, the budget (--budget-min/--stop-at) spent")
                             continue
                         print(f"{p.flow}, run {n}: fault {p.fault} → {p.alert}", flush=True)
                         previous[p.flow] = bench.one(p, r, n, previous[p.flow])
@@ -772,6 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds for a run's incident to resolve after the reset (ApiKeyLeak's window is 5 minutes)",
     )
     parser.add_argument("--budget-min", type=float, help="start no run after this many minutes of measuring")
+    parser.add_argument("--stop-at", help="start no run after this time (HH:MM, UTC)")
     parser.add_argument(
         "--without-kubernetes",
         action="store_true",
