@@ -356,6 +356,9 @@ class Runs:
     procedure: Procedure
     status: str = "measured"  # or "missing: ..." / "failed: ..."
     fault_to_post: list[float] = field(default_factory=list)
+    post_to_run_created: list[float] = field(default_factory=list)
+    created_to_started: list[float] = field(default_factory=list)
+    started_to_first_action: list[float] = field(default_factory=list)
     post_to_first_action: list[float] = field(default_factory=list)
     post_to_applied: list[float] = field(default_factory=list)
     post_to_normal: list[float] = field(default_factory=list)
@@ -374,7 +377,16 @@ class Runs:
             "manual_commands": commands,
             "manual_s": commands * 60,
         }
-        for name in ("fault_to_post", "post_to_first_action", "post_to_applied", "post_to_normal", "fault_to_normal"):
+        for name in (
+            "fault_to_post",
+            "post_to_run_created",
+            "created_to_started",
+            "started_to_first_action",
+            "post_to_first_action",
+            "post_to_applied",
+            "post_to_normal",
+            "fault_to_normal",
+        ):
             values = getattr(self, name)
             out[f"{name}_p50_s"] = _r(pct(values, 0.5))
             out[f"{name}_p95_s"] = _r(pct(values, 0.95))
@@ -640,11 +652,23 @@ class Bench:
             runs.fault_to_normal.append(normal - t0)
             verified = self.verified(p.flow, run_id)
             runs.verified.append(bool(verified) and all(verified))
+            # where POST → first action goes: the trigger's run, the worker starting it, the flow's own work
+            flow_run = self.prefect.get(f"/flow_runs/{run_id}", timeout=10).json()
+            created, started = (
+                datetime.fromisoformat(flow_run[k]).timestamp() if flow_run.get(k) else None
+                for k in ("created", "start_time")
+            )
+            if created is not None:
+                runs.post_to_run_created.append(created - posted)
+                if started is not None:
+                    runs.created_to_started.append(started - created)
+                    runs.started_to_first_action.append(first - started)
             kinds = ", ".join(str(e.get("payload", {}).get("kind", "?")) for e in events)
             print(
                 f"   run {n}: fault→POST {posted - t0:.1f} s, POST→first action {first - posted:.1f} s, "
                 f"POST→all applied ({kinds}) {done - posted:.1f} s, POST→normal {normal - posted:.1f} s "
-                f"(incident {incident_id})",
+                f"(incident {incident_id}; run created +{(created or posted) - posted:.1f} s, started "
+                f"+{(started or posted) - posted:.1f} s; verified on the platform {verified})",
                 flush=True,
             )
         except (TimeoutError, httpx.HTTPError) as err:
@@ -674,7 +698,8 @@ def report(results: list[Runs]) -> dict[str, Any]:
     overall = pct(every, 0.95)
     goals_met = bool(measured) and all(per[r.procedure.flow]["goal_met"] for r in measured)
     header = (
-        f"{'flow':30} {'alert':24} {'runs':>4} {'fault→POST':>11} {'POST→applied':>13} {'POST→normal':>12} "
+        f"{'flow':30} {'alert':24} {'runs':>4} {'fault→POST':>11} {'POST→1st':>11} {'POST→applied':>13} "
+        f"{'POST→normal':>12} "
         f"{'manual':>7} {'ratio':>6}  status"
     )
     print("\n" + header + "\n" + "-" * len(header))
@@ -686,10 +711,21 @@ def report(results: list[Runs]) -> dict[str, Any]:
 
         ratio = f"{f['manual_over_automated']:.1f}x" if f["manual_over_automated"] else "-"
         print(
-            f"{flow:30} {f['alert']:24} {f['runs']:>4} {both('fault_to_post'):>11} {both('post_to_applied'):>13} "
+            f"{flow:30} {f['alert']:24} {f['runs']:>4} {both('fault_to_post'):>11} "
+            f"{both('post_to_first_action'):>11} {both('post_to_applied'):>13} "
             f"{both('post_to_normal'):>12} {f['manual_commands']:>4} min {ratio:>6}  {f['status']}"
         )
-    print("(p50/p95 in seconds; manual: the seed's commands at a minute each; ratio: manual / automated fault→normal)")
+    print(
+        "(p50/p95 in seconds; POST→1st: to the first action applied, POST→applied: to the last; manual: the seed's "
+        "commands at a minute each; ratio: manual / automated fault→normal)"
+    )
+    for flow, f in per.items():
+        if f["runs"]:
+            print(
+                f"  {flow}: POST→run created {f['post_to_run_created_p50_s']} s, created→started "
+                f"{f['created_to_started_p50_s']} s, started→1st action {f['started_to_first_action_p50_s']} s (p50); "
+                f"verified on the platform {f['verified_on_platform']}"
+            )
     print(f"goal: p95 POST→applied < {GOAL_POST_TO_APPLIED_S:.0f} s per alert and overall: overall p95 {overall:.2f} s")
     load = os.getloadavg()
     return {
