@@ -1,6 +1,6 @@
-"""cost-optimization on the session's sandbox: over the policy's average cost per request, the seed's strategy is
-applied with its saving projected before and measured after (the platform's costs, read back), and a daily cost
-alert is configured."""
+"""cost-optimization on the session's sandbox: the fleet's normal traffic is within the policy's budget (nothing is
+done); over it (the cost-spike fault: gpt-4 three times as dear), the seed's strategy is applied with its saving
+projected before and measured after (the platform's costs, read back), and a daily cost alert is configured."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ async def test_the_strategy_is_applied_and_its_saving_measured(
     sandbox: Sandbox, platform_admin: tuple[str, dict[str, str]]
 ) -> None:
     url, headers = platform_admin
+    within = await cost_optimization(environment=TEST_ENVIRONMENT, return_state=True)
+    assert within.is_completed(), within.message
+    assert (await within.result())["records"] == []  # type: ignore[union-attr]
+    spike = {"expensive_models": ["gpt-4"]}  # sandbox/faults.py's cost-spike
+    httpx.put(f"{url}/_sandbox/faults", headers=headers, json=spike).raise_for_status()
     state = await cost_optimization(environment=TEST_ENVIRONMENT, return_state=True)
     assert state.is_completed(), state.message
     result = await state.result()  # type: ignore[union-attr]
