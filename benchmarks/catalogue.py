@@ -517,8 +517,9 @@ class Bench:
         return None
 
     def verified(self, flow: str, run_id: str) -> list[bool]:
-        """Per applied action of the run, whether the flow's read-back of the platform showed it in force (the
-        ``verified`` column of its ``<flow>-sandbox-actions`` table)."""
+        """Per applied action of the run that the platform can read back, whether the flow's read-back showed it in
+        force (the ``verified`` column of its ``<flow>-sandbox-actions`` table; empty where the platform has no read
+        for the action, e.g. a cost alert: those are left out, not counted as failures)."""
         body = {
             "artifacts": {"key": {"any_": [f"{flow}-sandbox-actions"]}, "flow_run_id": {"any_": [run_id]}},
             "limit": 5,
@@ -527,7 +528,11 @@ class Bench:
         for artifact in self.prefect.post("/artifacts/filter", json=body, timeout=10).json():
             data = artifact.get("data")
             rows = json.loads(data) if isinstance(data, str) else data or []
-            out += [str(row.get("verified")) == "True" for row in rows if row.get("outcome") == "applied"]
+            out += [
+                str(row.get("verified")) == "True"
+                for row in rows
+                if row.get("outcome") == "applied" and str(row.get("verified", "")) not in ("", "None")
+            ]
         return out
 
     def run_over(self, run_id: str) -> bool:
@@ -651,7 +656,7 @@ class Bench:
             runs.post_to_normal.append(normal - posted)
             runs.fault_to_normal.append(normal - t0)
             verified = self.verified(p.flow, run_id)
-            runs.verified.append(bool(verified) and all(verified))
+            runs.verified.append(all(verified))  # no readable action: nothing contradicts the platform's figures
             # where POST → first action goes: the trigger's run, the worker starting it, the flow's own work
             flow_run = self.prefect.get(f"/flow_runs/{run_id}", timeout=10).json()
             created, started = (

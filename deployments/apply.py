@@ -41,6 +41,16 @@ def work_pool_names() -> list[str]:
     return sorted({str(pool["name"]) for pool in pools.values()})
 
 
+def entrypoints_of_pool(pool: str) -> list[str]:
+    """The entrypoints of the deployments on work pool ``pool``, in prefect.yaml's order (what an in-process worker
+    preloads, so that an alert's first run does not wait for its flow's import)."""
+    out: list[str] = []
+    for entry in load_spec().get("deployments") or []:
+        if (entry.get("work_pool") or {}).get("name") == pool and entry["entrypoint"] not in out:
+            out.append(str(entry["entrypoint"]))
+    return out
+
+
 def work_pool_types() -> dict[str, str]:
     """Pool name -> worker type: ``definitions.work_pool_types`` of prefect.yaml, ``process`` by default."""
     types = (load_spec().get("definitions") or {}).get("work_pool_types") or {}

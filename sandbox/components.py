@@ -749,7 +749,7 @@ class PrefectWorkerComponent(Component):
     name = "worker"
 
     def up(self) -> None:
-        from deployments.apply import deploy_all, ensure_work_pools, prefect_cli
+        from deployments.apply import deploy_all, ensure_work_pools, entrypoints_of_pool, prefect_cli
         from sandbox.blocks import apply_blocks
 
         # the worker polls every 2 s (default 10 s): an alert-triggered triage should not wait in the queue
@@ -769,7 +769,15 @@ class PrefectWorkerComponent(Component):
             log = self.settings.home / "logs" / "triage-worker.log"
             argv = [
                 *[sys.executable, "-m", "runbooks.cli", "worker", "--pool", self.settings.triage_work_pool],
-                *["--name", "sandbox-triage-in-process", "--preload", TRIAGE_ENTRYPOINT, "--query-seconds", "1"],
+                *["--name", "sandbox-triage-in-process", "--query-seconds", "1"],
+                # the triage first, then every other flow of the pool (the catalogue's alert-started runbooks)
+                *[
+                    arg
+                    for entrypoint in dict.fromkeys(
+                        [TRIAGE_ENTRYPOINT, *entrypoints_of_pool(self.settings.triage_work_pool)]
+                    )
+                    for arg in ("--preload", entrypoint)
+                ],
             ]
             triage_pid = processes.spawn_daemon(argv, log_path=log, env=env, cwd=PROJECT_DIR)
             record = {**record, "pids": {"triage": triage_pid}, "triage_log": str(log)}

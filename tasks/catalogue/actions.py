@@ -285,9 +285,12 @@ async def undo(p: PlatformAPI, record: ActionRecord) -> str:
     raise ValueError(f"no reversal for {record.kind} {target}")
 
 
-async def in_force(p: PlatformAPI, record: ActionRecord) -> bool | None:
-    """Read the platform back: is the action's effect in force? None where the platform has no read for it."""
+async def in_force(p: PlatformAPI, record: ActionRecord, params: dict[str, Any] | None = None) -> bool | None:
+    """Read the platform back: is the action's effect in force? None where the platform has no read for it (a cost
+    strategy, a cost alert, an issued key, a reconnect: the flow's verify step re-reads their figures instead).
+    ``params``: the action's, where the record (a permanent action's) does not keep them."""
     kind, target = record.kind, record.target
+    applied = params if params is not None else record_params(record)
     if kind == "block_ip":
         return target in {b["ip"] for b in (await api.get_rate_limits(p))["blocked_ips"]}
     if kind == "throttle_user":
@@ -298,11 +301,21 @@ async def in_force(p: PlatformAPI, record: ActionRecord) -> bool | None:
         return {b["model"]: b["state"] for b in await api.list_circuit_breakers(p)}.get(target) == "OPEN"
     if kind == "revoke_key":
         return bool((await api.get_api_key_usage(p, target, 1)).get("revoked"))
+    if kind == "reset_breaker":
+        return {b["model"]: b["state"] for b in await api.list_circuit_breakers(p)}.get(target) == "CLOSED"
     if kind == "set_weights":
         weights = (await api.get_lb_config(p))["weights"]
-        return all(abs(weights.get(m, -1) - w) < 1e-9 for m, w in record_params(record).get("weights", {}).items())
+        return all(abs(weights.get(m, -1) - w) < 1e-9 for m, w in applied.get("weights", {}).items())
+    if kind == "set_algorithm":
+        return (await api.get_lb_config(p))["algorithm"] == applied.get("algorithm")
+    if kind == "breaker_config":
+        config = await api.get_circuit_breaker_config(p)
+        return all(config.get(k) == v for k, v in applied.get("changes", {}).items())
+    if kind == "model_timeout":
+        config = await api.get_model_config(p, target)
+        return all(config.get(k) == v for k, v in applied.get("changes", {}).items())
     if kind == "switch_endpoint":
-        return (await api.get_model_config(p, target))["region"] == record_params(record).get("region")
+        return (await api.get_model_config(p, target))["region"] == applied.get("region")
     return None
 
 

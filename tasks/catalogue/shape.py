@@ -238,7 +238,7 @@ async def apply_all(env: RunbookEnvironment, runbook: str, actions: list[Action]
 async def apply_one(env: RunbookEnvironment, runbook: str, action: Action, by: str) -> ActionRecord:
     record = await apply_action(env, runbook, action, by)
     if record.outcome == "applied":
-        record.verified = await act.in_force(env.platform, record)
+        record.verified = await act.in_force(env.platform, record, action.params)
     return record
 
 
