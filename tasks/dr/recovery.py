@@ -244,14 +244,11 @@ async def restore(
 
     Each part is checked as soon as it is restored, while the others still run (its Deployments available, its row
     counts, its keys), and the smoke suite starts once every part is restored: what they find is collected in
-    ``report.verification_failures`` and :func:`verify` raises it. The RDB's download waits for the dump's (when
-    there is one): the PostgreSQL part is the longest, and its ``pg_restore`` starts only once its dump is downloaded
-    and checked."""
+    ``report.verification_failures`` and :func:`verify` raises it."""
     overwrite = plan.overwrite
     steps = (4 if payload is not None else 0) + (2 if plan.database else 0) + (1 if plan.redis_address else 0)
     progress = _Progress(progress_key, steps)
     await progress.start(f"Restoring {manifest.prefix} into {target.environment}")
-    dump_downloaded = asyncio.Event()
     restored: list[asyncio.Event] = []  # one per part: set once it is restored (or left as it was)
 
     async def kubernetes(done: asyncio.Event) -> None:
@@ -279,10 +276,7 @@ async def restore(
 
     async def postgres(tmp: Path, done: asyncio.Event) -> None:
         async with phase(report, "postgres"):
-            try:
-                [archive] = await download_objects(source.backups, manifest.objects_of("postgres"), tmp)
-            finally:
-                dump_downloaded.set()
+            [archive] = await download_objects(source.backups, manifest.objects_of("postgres"), tmp)
             await progress.step("PostgreSQL dump downloaded and verified")
             admin = admin_block(target.postgres)
             if plan.database_exists:
@@ -320,8 +314,6 @@ async def restore(
             if plan.redis_existing_keys:
                 await flush_redis_database(target.redis)
                 report.replaced.append(f"Redis {target.redis.safe_address} ({plan.redis_existing_keys} keys flushed)")
-            if plan.database:
-                await dump_downloaded.wait()
             [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
             copied = await restore_redis(rdb, target.redis, source_db=info.db)
             rdb.unlink(missing_ok=True)
