@@ -134,21 +134,22 @@ async def build_plan(
     plan.refused = check_targets(source, target.namespace, target.postgres, target.database, target.redis)
     action: Action = "overwrite" if overwrite else "skip"
 
-    payload: KubernetesPayload | None = None
-    source_ns = source.kubernetes.namespace if source.kubernetes is not None else None
-    if source_ns is not None and target.cluster is not None and target.namespace:
+    async def kubernetes() -> KubernetesPayload | None:
+        source_ns = source.kubernetes.namespace if source.kubernetes is not None else None
+        if source_ns is None or target.cluster is None or not target.namespace:
+            return None
         payload = await fetch_kubernetes(source.backups, manifest, source_ns)
-    if payload is None:
-        plan.skipped.append("Kubernetes: the backup holds no export of the source namespace, or no cluster/namespace")
-    else:
-        assert target.cluster is not None and target.namespace is not None
+        if payload is None:
+            return None
         plan.source_namespace, plan.namespace = payload.source_namespace, target.namespace
-        labels = await read_namespace_labels(target.cluster, target.namespace)
+        labels, secrets = await asyncio.gather(
+            read_namespace_labels(target.cluster, target.namespace), _secret_names(source, payload)
+        )
         plan.namespace_exists = labels is not None
         existing = (
             await list_restorable(target.cluster, target.namespace, list(RESTORABLE)) if plan.namespace_exists else {}
         )
-        names = [("Secret", n) for n in await _secret_names(source, payload)]
+        names = [("Secret", n) for n in secrets]
         names += [(o["kind"], str(o["metadata"]["name"])) for o in payload.restore.objects]
         for kind, name in names:
             exists = name in existing.get(kind, [])
@@ -163,24 +164,32 @@ async def build_plan(
                 )
             )
         plan.left_out = payload.restore.left_out
+        return payload
 
-    postgres = manifest.postgres
-    if postgres is None or len(manifest.objects_of("postgres")) != 1:
-        plan.skipped.append("PostgreSQL: the backup holds no dump")
-    else:
+    async def postgres() -> None:
+        if manifest.postgres is None or len(manifest.objects_of("postgres")) != 1:
+            return
         plan.database, plan.database_address = target.database, target.postgres.safe_address.rsplit("/", 1)[0]
         plan.database_exists = await database_exists(admin_block(target.postgres), target.database)
         plan.database_action = action if plan.database_exists else "create"
-        plan.expected_rows = dict(postgres.row_counts)
+        plan.expected_rows = dict(manifest.postgres.row_counts)
 
-    redis_info = manifest.redis
-    if redis_info is None or len(manifest.objects_of("redis")) != 1:
-        plan.skipped.append("Redis: the backup holds no RDB")
-    else:
-        plan.redis_address, plan.redis_source_db = target.redis.safe_address, redis_info.db
+    async def redis() -> None:
+        if manifest.redis is None or len(manifest.objects_of("redis")) != 1:
+            return
+        plan.redis_address, plan.redis_source_db = target.redis.safe_address, manifest.redis.db
         plan.redis_existing_keys = await count_redis_keys(target.redis)
         plan.redis_action = action if plan.redis_existing_keys else "create"
-        plan.expected_redis_keys = redis_info.key_count
+        plan.expected_redis_keys = manifest.redis.key_count
+
+    # the three parts' reads at once (each writes its own fields of the plan)
+    payload, _, _ = await asyncio.gather(kubernetes(), postgres(), redis())
+    if payload is None:
+        plan.skipped.append("Kubernetes: the backup holds no export of the source namespace, or no cluster/namespace")
+    if not plan.database:
+        plan.skipped.append("PostgreSQL: the backup holds no dump")
+    if not plan.redis_address:
+        plan.skipped.append("Redis: the backup holds no RDB")
     return plan, payload
 
 
