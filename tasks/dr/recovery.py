@@ -285,17 +285,21 @@ async def restore(
 
     async def postgres(tmp: Path, done: asyncio.Event) -> None:
         async with phase(report, "postgres"):
-            [archive] = await download_objects(source.backups, manifest.objects_of("postgres"), tmp)
-            await progress.step("PostgreSQL dump downloaded and verified")
             admin = admin_block(target.postgres)
-            if plan.database_exists:
+            download = download_objects(source.backups, manifest.objects_of("postgres"), tmp)
+            if plan.database_exists:  # nothing is dropped before the dump is downloaded and checked
+                [archive] = await download
+                await progress.step("PostgreSQL dump downloaded and verified")
                 if not overwrite:
                     report.skipped.append(f"PostgreSQL: database {target.database} exists, left as it is")
                     done.set()
                     return
                 await drop_database(admin, target.database)
                 report.replaced.append(f"database {target.database}")
-            await create_database(admin, target.database)
+                await create_database(admin, target.database)
+            else:
+                [archive] = await _with_new_database(download, admin, target.database)
+                await progress.step("PostgreSQL dump downloaded and verified")
             report.database_created = True
             await restore_archive(
                 target.postgres,
@@ -356,6 +360,21 @@ async def restore(
             jobs.append(redis(tmp / "redis", done()))
         jobs.append(smoke())
         await _all_or_nothing(jobs)
+
+
+async def _with_new_database(download: Awaitable[list[Path]], admin: PostgresDatabase, name: str) -> list[Path]:
+    """The dump's download and the (new, empty) database's creation at once; when the download fails, the database
+    just created is dropped again, so a later run finds the target as this one did."""
+    create = asyncio.ensure_future(create_database(admin, name))
+    try:
+        paths = await download
+    except BaseException:
+        await asyncio.gather(create, return_exceptions=True)
+        if create.done() and not create.cancelled() and create.exception() is None:
+            await asyncio.shield(drop_database(admin, name))
+        raise
+    await create
+    return paths
 
 
 async def _all_or_nothing(jobs: list[Awaitable[None]]) -> None:
