@@ -10,6 +10,7 @@ worker thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Generator, Iterable
@@ -153,24 +154,54 @@ def compress_and_upload(
     )
 
 
+#: downloaded chunks (of 1 MiB) waiting for the decompression: the download runs ahead by at most this many
+DOWNLOAD_AHEAD = 8
+
+
 def download_verified(bucket: S3Bucket, obj: BackupObject, dest: Path) -> Path:
     """Download ``obj`` into ``dest`` decompressed, checking size and SHA-256 of the stored bytes against the
     manifest and zstd's own frame checksum. Any mismatch: :class:`CorruptObjectError` naming the object, and
-    ``dest`` removed."""
+    ``dest`` removed.
+
+    Two stages in two threads, so that they overlap on two cores: this one reads the object and hashes it, a second
+    one decompresses and writes the file (both release the GIL), :data:`DOWNLOAD_AHEAD` chunks apart at most."""
     digest = hashlib.sha256()
     size = 0
     problem: str | None = None
+    broken: list[BaseException] = []
     decompressor = zstandard.ZstdDecompressor().decompressobj()
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=DOWNLOAD_AHEAD)
+
+    def unpack() -> None:
+        nonlocal problem
+        try:
+            with open(dest, "wb") as out:
+                while (chunk := pending.get()) is not None:
+                    if problem is None:
+                        try:
+                            out.write(decompressor.decompress(chunk))
+                        except zstandard.ZstdError as err:
+                            problem = f"zstd cannot decompress it ({err})"
+        except BaseException as err:  # noqa: BLE001 - raised by the caller's thread below
+            broken.append(err)
+            while pending.get() is not None:  # the reader never blocks on a full queue
+                pass
+
+    worker = threading.Thread(target=unpack, name=f"unpack-{dest.name}", daemon=True)
+    worker.start()
     try:
-        with open(dest, "wb") as out:
+        try:
             for chunk in read_object(bucket, obj.key):
+                if broken:
+                    break
                 digest.update(chunk)
                 size += len(chunk)
-                if problem is None:
-                    try:
-                        out.write(decompressor.decompress(chunk))
-                    except zstandard.ZstdError as err:
-                        problem = f"zstd cannot decompress it ({err})"
+                pending.put(chunk)
+        finally:
+            pending.put(None)
+            worker.join()
+        if broken:
+            raise broken[0]
         if size != obj.size:
             raise CorruptObjectError(obj.key, f"{size} bytes stored, the manifest says {obj.size}")
         if digest.hexdigest() != obj.sha256:

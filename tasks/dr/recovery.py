@@ -5,8 +5,9 @@
 3. the restore, in Velero's order: the namespace labelled ``disaster-recovery=true``, the Secrets decrypted in this
    process, the ConfigMaps, then Services, Deployments, Ingress, HPA and Certificates; PostgreSQL (``pg_restore -j``)
    and Redis run concurrently with the Kubernetes chain, a progress artifact counting the parts done;
-4. the verification: Deployments available, row counts and Redis keys equal to the manifest, the smoke suite against
-   the recovery environment.
+4. the verification: Deployments available, row counts and Redis keys equal to the manifest (each part checked as
+   soon as it is restored, while the others still run), the smoke suite against the recovery environment once every
+   part is restored; every failure listed, then one error.
 
 Every phase is timed into :class:`~tasks.dr.report.DrReport`.
 """
@@ -133,21 +134,22 @@ async def build_plan(
     plan.refused = check_targets(source, target.namespace, target.postgres, target.database, target.redis)
     action: Action = "overwrite" if overwrite else "skip"
 
-    payload: KubernetesPayload | None = None
-    source_ns = source.kubernetes.namespace if source.kubernetes is not None else None
-    if source_ns is not None and target.cluster is not None and target.namespace:
+    async def kubernetes() -> KubernetesPayload | None:
+        source_ns = source.kubernetes.namespace if source.kubernetes is not None else None
+        if source_ns is None or target.cluster is None or not target.namespace:
+            return None
         payload = await fetch_kubernetes(source.backups, manifest, source_ns)
-    if payload is None:
-        plan.skipped.append("Kubernetes: the backup holds no export of the source namespace, or no cluster/namespace")
-    else:
-        assert target.cluster is not None and target.namespace is not None
+        if payload is None:
+            return None
         plan.source_namespace, plan.namespace = payload.source_namespace, target.namespace
-        labels = await read_namespace_labels(target.cluster, target.namespace)
+        labels, secrets = await asyncio.gather(
+            read_namespace_labels(target.cluster, target.namespace), _secret_names(source, payload)
+        )
         plan.namespace_exists = labels is not None
         existing = (
             await list_restorable(target.cluster, target.namespace, list(RESTORABLE)) if plan.namespace_exists else {}
         )
-        names = [("Secret", n) for n in await _secret_names(source, payload)]
+        names = [("Secret", n) for n in secrets]
         names += [(o["kind"], str(o["metadata"]["name"])) for o in payload.restore.objects]
         for kind, name in names:
             exists = name in existing.get(kind, [])
@@ -162,24 +164,32 @@ async def build_plan(
                 )
             )
         plan.left_out = payload.restore.left_out
+        return payload
 
-    postgres = manifest.postgres
-    if postgres is None or len(manifest.objects_of("postgres")) != 1:
-        plan.skipped.append("PostgreSQL: the backup holds no dump")
-    else:
+    async def postgres() -> None:
+        if manifest.postgres is None or len(manifest.objects_of("postgres")) != 1:
+            return
         plan.database, plan.database_address = target.database, target.postgres.safe_address.rsplit("/", 1)[0]
         plan.database_exists = await database_exists(admin_block(target.postgres), target.database)
         plan.database_action = action if plan.database_exists else "create"
-        plan.expected_rows = dict(postgres.row_counts)
+        plan.expected_rows = dict(manifest.postgres.row_counts)
 
-    redis_info = manifest.redis
-    if redis_info is None or len(manifest.objects_of("redis")) != 1:
-        plan.skipped.append("Redis: the backup holds no RDB")
-    else:
-        plan.redis_address, plan.redis_source_db = target.redis.safe_address, redis_info.db
+    async def redis() -> None:
+        if manifest.redis is None or len(manifest.objects_of("redis")) != 1:
+            return
+        plan.redis_address, plan.redis_source_db = target.redis.safe_address, manifest.redis.db
         plan.redis_existing_keys = await count_redis_keys(target.redis)
         plan.redis_action = action if plan.redis_existing_keys else "create"
-        plan.expected_redis_keys = redis_info.key_count
+        plan.expected_redis_keys = manifest.redis.key_count
+
+    # the three parts' reads at once (each writes its own fields of the plan)
+    payload, _, _ = await asyncio.gather(kubernetes(), postgres(), redis())
+    if payload is None:
+        plan.skipped.append("Kubernetes: the backup holds no export of the source namespace, or no cluster/namespace")
+    if not plan.database:
+        plan.skipped.append("PostgreSQL: the backup holds no dump")
+    if not plan.redis_address:
+        plan.skipped.append("Redis: the backup holds no RDB")
     return plan, payload
 
 
@@ -239,13 +249,18 @@ async def restore(
     report: DrReport,
     progress_key: str,
 ) -> None:
-    """The Kubernetes chain, PostgreSQL and Redis, concurrently; the first failure cancels the others."""
+    """The Kubernetes chain, PostgreSQL and Redis, concurrently; the first failure cancels the others.
+
+    Each part is checked as soon as it is restored, while the others still run (its Deployments available, its row
+    counts, its keys), and the smoke suite starts once every part is restored: what they find is collected in
+    ``report.verification_failures`` and :func:`verify` raises it."""
     overwrite = plan.overwrite
     steps = (4 if payload is not None else 0) + (2 if plan.database else 0) + (1 if plan.redis_address else 0)
     progress = _Progress(progress_key, steps)
     await progress.start(f"Restoring {manifest.prefix} into {target.environment}")
+    restored: list[asyncio.Event] = []  # one per part: set once it is restored (or left as it was)
 
-    async def kubernetes() -> None:
+    async def kubernetes(done: asyncio.Event) -> None:
         assert payload is not None and target.cluster is not None and target.namespace is not None
         cluster, ns = target.cluster, target.namespace
         async with phase(report, "kubernetes"):
@@ -265,19 +280,26 @@ async def restore(
             rest = [o for o in payload.restore.objects if o["kind"] != "ConfigMap"]
             report.add_applied(await apply_objects(cluster, ns, rest, overwrite=overwrite))
             await progress.step("Services, Deployments, Ingress, HPA, Certificates")
+        done.set()
+        await check_deployments(target, plan, policy, report)
 
-    async def postgres(tmp: Path) -> None:
+    async def postgres(tmp: Path, done: asyncio.Event) -> None:
         async with phase(report, "postgres"):
-            [archive] = await download_objects(source.backups, manifest.objects_of("postgres"), tmp)
-            await progress.step("PostgreSQL dump downloaded and verified")
             admin = admin_block(target.postgres)
-            if plan.database_exists:
+            download = download_objects(source.backups, manifest.objects_of("postgres"), tmp)
+            if plan.database_exists:  # nothing is dropped before the dump is downloaded and checked
+                [archive] = await download
+                await progress.step("PostgreSQL dump downloaded and verified")
                 if not overwrite:
                     report.skipped.append(f"PostgreSQL: database {target.database} exists, left as it is")
+                    done.set()
                     return
                 await drop_database(admin, target.database)
                 report.replaced.append(f"database {target.database}")
-            await create_database(admin, target.database)
+                await create_database(admin, target.database)
+            else:
+                [archive] = await _with_new_database(download, admin, target.database)
+                await progress.step("PostgreSQL dump downloaded and verified")
             report.database_created = True
             await restore_archive(
                 target.postgres,
@@ -287,9 +309,12 @@ async def restore(
                 no_owner=policy.pg_restore_no_owner,
                 no_privileges=policy.pg_restore_no_privileges,
             )
+            archive.unlink(missing_ok=True)  # its disk back while the others still run
             await progress.step(f"pg_restore -j {policy.pg_restore_jobs} into {target.database}")
+        done.set()
+        await check_rows(target, plan, policy, report)
 
-    async def redis(tmp: Path) -> None:
+    async def redis(tmp: Path, done: asyncio.Event) -> None:
         async with phase(report, "redis"):
             info = manifest.redis
             assert info is not None
@@ -297,31 +322,59 @@ async def restore(
                 report.skipped.append(
                     f"Redis: {target.redis.safe_address} holds {plan.redis_existing_keys} key(s), left as they are"
                 )
+                done.set()
                 return
             if plan.redis_existing_keys:
                 await flush_redis_database(target.redis)
                 report.replaced.append(f"Redis {target.redis.safe_address} ({plan.redis_existing_keys} keys flushed)")
             [rdb] = await download_objects(source.backups, manifest.objects_of("redis"), tmp)
             copied = await restore_redis(rdb, target.redis, source_db=info.db)
+            rdb.unlink(missing_ok=True)
             report.redis_restored_keys, report.redis_expired_keys = copied.restored, copied.expired
             report.redis_copy = copied
             if copied.expired:
                 report.notes.append(f"Redis: {copied.expired} key(s) of the backup had expired since: not restored")
             report.redis_touched = True
             await progress.step(f"Redis db {info.db} of the backup into {target.redis.safe_address}")
+        done.set()
+        await check_redis(target, plan, policy, report)
+
+    async def smoke() -> None:
+        await asyncio.gather(*(e.wait() for e in restored))
+        await check_smoke(target, report)
+
+    def done() -> asyncio.Event:
+        restored.append(asyncio.Event())
+        return restored[-1]
 
     with tempfile.TemporaryDirectory(prefix="rb-dr-") as tmp_dir:
         tmp = Path(tmp_dir)
         jobs: list[Awaitable[None]] = []
         if payload is not None:
-            jobs.append(kubernetes())
+            jobs.append(kubernetes(done()))
         if plan.database:
             (tmp / "pg").mkdir()
-            jobs.append(postgres(tmp / "pg"))
+            jobs.append(postgres(tmp / "pg", done()))
         if plan.redis_address:
             (tmp / "redis").mkdir()
-            jobs.append(redis(tmp / "redis"))
+            jobs.append(redis(tmp / "redis", done()))
+        jobs.append(smoke())
         await _all_or_nothing(jobs)
+
+
+async def _with_new_database(download: Awaitable[list[Path]], admin: PostgresDatabase, name: str) -> list[Path]:
+    """The dump's download and the (new, empty) database's creation at once; when the download fails, the database
+    just created is dropped again, so a later run finds the target as this one did."""
+    create = asyncio.ensure_future(create_database(admin, name))
+    try:
+        paths = await download
+    except BaseException:
+        await asyncio.gather(create, return_exceptions=True)
+        if create.done() and not create.cancelled() and create.exception() is None:
+            await asyncio.shield(drop_database(admin, name))
+        raise
+    await create
+    return paths
 
 
 async def _all_or_nothing(jobs: list[Awaitable[None]]) -> None:
@@ -336,13 +389,11 @@ async def _all_or_nothing(jobs: list[Awaitable[None]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- verify
-async def verify(
-    target: RecoveryTarget, manifest: Manifest, plan: RecoveryPlan, policy: DrPolicy, report: DrReport
-) -> None:
-    """Deployments available, row counts and Redis keys equal to the manifest, the smoke suite: every failure
-    listed, then one :class:`DisasterRecoveryError`."""
-    failures: list[str] = []
-    if target.cluster is not None and target.namespace and plan.namespace:
+async def check_deployments(target: RecoveryTarget, plan: RecoveryPlan, policy: DrPolicy, report: DrReport) -> None:
+    """Every restored Deployment available (within the policy's timeout); timed as phase ``verify-kubernetes``."""
+    if not (target.cluster is not None and target.namespace and plan.namespace):
+        return
+    async with phase(report, "verify-kubernetes"):
         deployments = [o.name for o in plan.objects if o.kind == "Deployment"]
         results = await asyncio.gather(
             *[
@@ -359,25 +410,74 @@ async def verify(
         )
         for name, result in zip(deployments, results, strict=True):
             if isinstance(result, BaseException):
-                failures.append(f"Deployment {target.namespace}/{name} not available: {describe_error(result)}")
+                report.verification_failures.append(
+                    f"Deployment {target.namespace}/{name} not available: {describe_error(result)}"
+                )
             else:
                 report.deployments[name] = f"{result.deployment.available}/{result.deployment.replicas} available"
-    if plan.database and report.database_created:
-        report.restored_rows = await count_table_rows(target.postgres, target.database, list(plan.expected_rows))
+        report.checks.append("deployments")
+
+
+async def check_rows(target: RecoveryTarget, plan: RecoveryPlan, policy: DrPolicy, report: DrReport) -> None:
+    """Exact row counts of the restored database equal to the manifest's, counted over ``pg_restore_jobs``
+    connections at once; timed as phase ``verify-postgres``."""
+    if not (plan.database and report.database_created):
+        return
+    async with phase(report, "verify-postgres"):
+        tables = list(plan.expected_rows)
+        lanes = max(1, min(policy.pg_restore_jobs, len(tables)))
+        counted = await asyncio.gather(
+            *[count_table_rows(target.postgres, target.database, tables[i::lanes]) for i in range(lanes)]
+        )
+        rows: dict[str, int | None] = {}
+        for counts in counted:
+            rows.update(counts)
+        report.restored_rows = {t: rows.get(t) for t in tables}
         try:
             check_row_counts(target.database, plan.expected_rows, report.restored_rows)
         except Exception as err:  # noqa: BLE001 - listed with the others
-            failures.append(describe_error(err))
-    if plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None:
+            report.verification_failures.append(describe_error(err))
+        report.checks.append("rows")
+
+
+async def check_redis(target: RecoveryTarget, plan: RecoveryPlan, policy: DrPolicy, report: DrReport) -> None:
+    """The target's keys against the manifest and the copy's accounting; timed as phase ``verify-redis``."""
+    if not (plan.redis_address and report.redis_touched and plan.expected_redis_keys is not None):
+        return
+    async with phase(report, "verify-redis"):
         problem = await _verify_redis_keys(target, plan, policy, report)
         if problem:
-            failures.append(problem)
-    smoke = await run_smoke_suite(target.env.platform, target.environment)
-    report.smoke = smoke.summary()
-    if not smoke.passed:
-        failures.append(f"smoke suite against {target.environment}: {smoke.summary()}")
-    if failures:
-        report.verification_failures = failures
+            report.verification_failures.append(problem)
+        report.checks.append("redis-keys")
+
+
+async def check_smoke(target: RecoveryTarget, report: DrReport) -> None:
+    """The smoke suite against the recovery environment; timed as phase ``verify-smoke``."""
+    async with phase(report, "verify-smoke"):
+        smoke = await run_smoke_suite(target.env.platform, target.environment)
+        report.smoke = smoke.summary()
+        if not smoke.passed:
+            report.verification_failures.append(f"smoke suite against {target.environment}: {smoke.summary()}")
+        report.checks.append("smoke")
+
+
+async def verify(
+    target: RecoveryTarget, manifest: Manifest, plan: RecoveryPlan, policy: DrPolicy, report: DrReport
+) -> None:
+    """Deployments available, row counts and Redis keys equal to the manifest, the smoke suite: the checks
+    :func:`restore` has not run yet are run here; every failure listed, then one :class:`DisasterRecoveryError`."""
+    pending = []
+    if "deployments" not in report.checks:
+        pending.append(check_deployments(target, plan, policy, report))
+    if "rows" not in report.checks:
+        pending.append(check_rows(target, plan, policy, report))
+    if "redis-keys" not in report.checks:
+        pending.append(check_redis(target, plan, policy, report))
+    await asyncio.gather(*pending)
+    if "smoke" not in report.checks:
+        await check_smoke(target, report)
+    if report.verification_failures:
+        failures = report.verification_failures
         raise DisasterRecoveryError(
             f"recovery of {manifest.prefix} into {target.environment} failed verification: " + "; ".join(failures),
             hint="the recovery target is not fit to take traffic; see the disaster-recovery artifact",
@@ -480,6 +580,10 @@ __all__ = [
     "build_plan",
     "clear_drill_leftovers",
     "choose_backup",
+    "check_deployments",
+    "check_redis",
+    "check_rows",
+    "check_smoke",
     "restore",
     "teardown",
     "verify",

@@ -60,6 +60,9 @@ class DrReport(BaseModel):
     redis_keys: int | None = None
     redis_copy: RedisRestore | None = Field(default=None, exclude=True, description="the copy's own accounting")
     smoke: str | None = None
+    checks: list[str] = Field(
+        default_factory=list, description="the verification's checks that ran: deployments, rows, redis-keys, smoke"
+    )
     verification_failures: list[str] = Field(default_factory=list)
     switch_approved: bool | None = None
     switches: list[ServiceSwitch] = Field(default_factory=list)
@@ -102,6 +105,8 @@ class DrReport(BaseModel):
             ("Redis", self.redis),
         ]
         lines += [f"- {name}: `{value}`" for name, value in targets if value] + [""]
+        if self.checks:
+            lines += [f"Checks run: {', '.join(self.checks)}", ""]
         for title_, items in (
             ("Created", self.created),
             ("Replaced (overwrite)", self.replaced),
