@@ -70,7 +70,7 @@ from pydantic import SecretStr
 from benchmarks.backup import BenchRedis, MiB, free_port, say
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
-from tasks.diagnostics.policy import load_policy
+from tasks.diagnostics.policy import ScanBounds, load_policy
 from tasks.diagnostics.postgres import (
     judge_postgres,
     lock_tree,
@@ -533,15 +533,25 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         policy = load_policy().redis
         sample = server.client()
         keys = [k.decode() for k in sample.scan(0, count=2000)[1] if sample.type(k) == b"string"] or ["missing"]
-        result: dict[str, Any] = {}
 
-        async def diagnose() -> None:
-            await asyncio.gather(read_redis_info.fn(cache), read_command_stats.fn(cache), read_clients.fn(cache))
-            await sample_latency.fn(cache, policy.latency)
-            scan = await scan_keyspace.fn(
-                cache, policy.patterns, policy.scan, policy.big_keys, policy.latency.interval_ms
-            )
-            result.update(scanned=scan.scanned, dbsize=scan.dbsize, scan_complete=scan.complete, scan_s=scan.seconds)
+        def diagnose_with(bounds: ScanBounds, result: dict[str, Any]) -> Callable[[], Any]:
+            async def diagnose() -> None:
+                await asyncio.gather(read_redis_info.fn(cache), read_command_stats.fn(cache), read_clients.fn(cache))
+                _, scan = await asyncio.gather(  # as the flow: the latency sampling beside the scan
+                    sample_latency.fn(cache, policy.latency),
+                    scan_keyspace.fn(cache, policy.patterns, bounds, policy.big_keys, policy.latency.interval_ms),
+                )
+                result.update(
+                    scanned=scan.scanned,
+                    dbsize=scan.dbsize,
+                    scan_complete=scan.complete,
+                    scan_fraction=scan.fraction,
+                    scan_s=scan.seconds,
+                    scan_backoffs=scan.backoffs,
+                    keys_per_s=round(scan.scanned / scan.seconds) if scan.seconds else None,
+                )
+
+            return diagnose
 
         def raw() -> None:
             cli = shutil.which("redis-cli") or "redis-cli"
@@ -552,9 +562,40 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             subprocess.run([cli, "-u", server.url, "INFO", "all"], check=True, capture_output=True, timeout=60)
 
         say("Redis: baseline, redis-diagnostics, redis-cli ...")
+        result: dict[str, Any] = {}
         client = Client("redis", server.url, keys, args.rate, workdir)
-        figures = await measure(client, diagnose, args.phase_s, raw, redis_server_side(server))
-        return {**figures, **result, "used_memory": server.used_memory(), "fill_s": fill_s}
+        figures = await measure(
+            client, diagnose_with(policy.scan, result), args.phase_s, raw, redis_server_side(server)
+        )
+        variants = []
+        for spec in args.redis_scan or []:  # other scan settings on the same data, for tuning the policy
+            count, pace = spec.split(":")
+            bounds = policy.scan.model_copy(update={"count": int(count), "pace": float(pace)})
+            say(f"Redis: scan variant count {count}, pace {pace} ...")
+            found: dict[str, Any] = {}
+            client = Client("redis", server.url, keys, args.rate, workdir)
+            v = await measure(
+                client, diagnose_with(bounds, found), args.phase_s, lambda: None, redis_server_side(server)
+            )
+            variants.append(
+                {
+                    "count": int(count),
+                    "pace": float(pace),
+                    **{k: v[k] for k in ("diagnostics_s", "client_p99_baseline_ms", "client_p99_during_ms")},
+                    "client_p99_ratio": v["client_p99_ratio"],
+                    "load_average": v["load_average"],
+                    **found,
+                }
+            )
+        return {
+            **figures,
+            **result,
+            "scan_count": policy.scan.count,
+            "scan_pace": policy.scan.pace,
+            "variants": variants,
+            "used_memory": server.used_memory(),
+            "fill_s": fill_s,
+        }
     finally:
         server.stop(keep=False)
 
@@ -585,6 +626,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pace-s", type=float, default=0.5, help="paced phase: one diagnostics run every this many seconds (0: none)"
     )
+    parser.add_argument(
+        "--redis-scan",
+        action="append",
+        metavar="COUNT:PACE",
+        help="also measure redis-diagnostics with this SCAN count and pace (repeatable; tuning the policy)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-redis", action="store_true")
     args = parser.parse_args(argv)
@@ -607,6 +654,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{system:9} server side, baseline -> during: {json.dumps(r['server_baseline'])} -> "
                 f"{json.dumps(r['server_during'])}; load average {r['load_average']}"
             )
+    for v in result.get("redis", {}).get("variants", []):
+        say(
+            f"redis scan count {v['count']} pace {v['pace']}: {v['diagnostics_s']} s, {v.get('scanned')} keys "
+            f"({v.get('scan_fraction')}), {v.get('keys_per_s')} keys/s; client p99 {v['client_p99_baseline_ms']} -> "
+            f"{v['client_p99_during_ms']} ms (x{v['client_p99_ratio']})"
+        )
     print(json.dumps(result))
     return 0
 
