@@ -2,8 +2,10 @@
 
 ``INFO all`` (memory, fragmentation, evictions, hit ratio, persistence), ``INFO commandstats``, ``CLIENT LIST``
 grouped, keys per pattern by ``SCAN`` with their TTLs (sessions without a TTL flagged), the big keys of a sample
-by ``MEMORY USAGE``, and the seed's ``--latency-history`` as a bounded sampling. Nothing is written to Redis; the
-scan is bounded in keys and time and backs off while the server is slow (:mod:`tasks.diagnostics.redis`).
+by ``MEMORY USAGE``, and the seed's ``--latency-history`` as a bounded sampling, run beside the scan (the latency a
+client sees while the scan runs). Nothing is written to Redis; the scan is bounded in keys and time and backs off
+while the server is slow (:mod:`tasks.diagnostics.redis`). A scan stopped by its bounds reports the keys it scanned
+and, per pattern, an estimate labelled as such: the scanned count divided by the fraction of the keys scanned.
 
 What it leaves: a table artifact ``redis-diagnostics-<environment>`` (every check: value, limit, verdict), a
 markdown artifact ``redis-report-<environment>`` (keyspace, big keys, commands, clients, latency) and an event
