@@ -11,16 +11,20 @@ Run on demand, never in the tests. Self-contained: it starts what it measures an
 
 In one run, for each of the two:
 
-diagnostics_s       the flow's reads once, as the flow runs them (db-diagnostics: connections, pg_stat_statements,
-                    relations, sessions concurrently, then the blocking tree and the verdicts; redis-diagnostics: INFO,
-                    commandstats and CLIENT LIST concurrently, the policy's latency sampling, the bounded SCAN with
-                    MEMORY USAGE of a sample); the tasks' functions are called directly, without a Prefect server;
+diagnostics_s       the flow's reads once, as the flow runs them (db-diagnostics: connections, sessions,
+                    pg_stat_statements and relations in one read-only snapshot on one connection, then the blocking
+                    tree and the verdicts; redis-diagnostics: INFO, commandstats and CLIENT LIST concurrently, then
+                    the policy's latency sampling beside the bounded SCAN with MEMORY USAGE of a sample); the tasks'
+                    functions are called directly, without a Prefect server;
 raw_s               the raw tool for the same questions: ``psql -c`` with the seed's monitoring queries (with the
                     column names of 13+, as the seed's fail on 15); ``redis-cli --scan | wc -l`` plus ``INFO``;
 client p99          a client on its own connection, open loop at ``--rate`` operations a second (a latency counts from
                     when the operation was due): primary-key SELECTs / GETs of random string keys. Its p99 over
                     ``--phase-s`` seconds alone (baseline), then while the diagnostics run back to back for
-                    ``--phase-s`` seconds; the ratio is what the issue bounds (<= 1.5). The client runs in a
+                    ``--phase-s`` seconds; the ratio is what the issue bounds (<= 1.5). Then paced: one run every
+                    ``--pace-s`` for 3 x ``--phase-s``, the client's p99 over the operations due while a run was in
+                    flight and over the whole phase (see :func:`measure`; back to back keeps the machine busy with
+                    diagnostics the whole window, which short runs like db-diagnostics' never do). The client runs in a
                     process of its own pinned to the last CPU, the diagnostics (this process, its threads) to the
                     others (``cpus``; the servers unpinned); the CPU seconds of each (``client_cpu_s``,
                     ``diagnostics_cpu_s``) and the load average before and after (``load_average``);
@@ -66,15 +70,13 @@ from pydantic import SecretStr
 from benchmarks.backup import BenchRedis, MiB, free_port, say
 from blocks.postgres import PostgresDatabase
 from blocks.redis import RedisDatabase
-from tasks.diagnostics.policy import load_policy
+from tasks.diagnostics.policy import ScanBounds, load_policy
 from tasks.diagnostics.postgres import (
     judge_postgres,
     lock_tree,
     plan_targets,
-    read_connections,
-    read_relations,
     read_sessions,
-    read_slow_queries,
+    read_snapshot,
     stop_backend,
 )
 from tasks.diagnostics.redis import (
@@ -182,7 +184,14 @@ class Client:
         self.cpu_s = out["cpu_s"]
 
     def p99_ms(self, start: float, end: float) -> float | None:
-        window = sorted(lat for due, lat in self.latencies if start <= due < end)
+        return self.p99_ms_in([(start, end)])
+
+    def in_windows(self, windows: list[tuple[float, float]]) -> list[float]:
+        return [lat for due, lat in self.latencies if any(start <= due < end for start, end in windows)]
+
+    def p99_ms_in(self, windows: list[tuple[float, float]]) -> float | None:
+        """The p99 of the operations that were due inside one of ``windows`` (None under 20 of them)."""
+        window = sorted(self.in_windows(windows))
         if len(window) < 20:
             return None
         return round(1000 * statistics.quantiles(window, n=100)[98], 3)
@@ -215,12 +224,23 @@ def _cpu_s() -> float:
 
 
 async def measure(
-    client: Client, diagnose: Callable[[], Any], phase_s: float, raw: Callable[[], None], server: ServerSide
+    client: Client,
+    diagnose: Callable[[], Any],
+    phase_s: float,
+    raw: Callable[[], None],
+    server: ServerSide,
+    pace_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Baseline, the diagnostics once, back to back for ``phase_s``, then the raw tool once (wall clock: the client
-    stamps its operations with ``time.time()`` in its own process). The client runs pinned to one CPU and this
-    process (the diagnostics and their threads) to the others, where there are two; the server's own figures of
-    each phase come from ``server``."""
+    """Baseline, the diagnostics once, back to back for ``phase_s``, paced (below), then the raw tool once (wall
+    clock: the client stamps its operations with ``time.time()`` in its own process). The client runs pinned to one
+    CPU and this process (the diagnostics and their threads) to the others, where there are two; the server's own
+    figures of the baseline and the back-to-back phases come from ``server``.
+
+    Paced (when ``pace_s`` and one run is shorter than it): one run every ``pace_s`` seconds for ``3 * phase_s``,
+    as separate runs of the flow would come, each with the machine idle before it; the client's p99 over the
+    operations due while a run was in flight (``client_p99_paced_in_run_ms``: the latency a client sees during a
+    run) and over the whole paced phase. Back to back measures a machine kept busy by the diagnostics the whole
+    window (a run every few tens of milliseconds), which no schedule does."""
     client_cpus, own_cpus = split_cpus()
     client.cpus = client_cpus
     allowed = os.sched_getaffinity(0)
@@ -244,6 +264,15 @@ async def measure(
         end = time.time()
         own_cpu_s = _cpu_s() - cpu
         server_during = server.read()
+        windows: list[tuple[float, float]] = []
+        paced_start = paced_end = time.time()
+        if pace_s and once_s < pace_s:
+            while time.time() - paced_start < 3 * phase_s:
+                t0 = time.time()
+                await diagnose()
+                windows.append((t0, time.time()))
+                await asyncio.sleep(max(0.0, pace_s - (time.time() - t0)))
+            paced_end = time.time()
         load.append(os.getloadavg()[0])
         t = time.perf_counter()
         await asyncio.to_thread(raw)
@@ -252,6 +281,8 @@ async def measure(
         pin(allowed)
         client.finish()
     baseline, during = client.p99_ms(base_start, base_end), client.p99_ms(start, end)
+    in_run = client.p99_ms_in(windows) if windows else None
+    paced = client.p99_ms(paced_start, paced_end) if windows else None
     return {
         "diagnostics_s": round(once_s, 3),
         "raw_s": round(raw_s, 3),
@@ -259,6 +290,13 @@ async def measure(
         "client_p99_baseline_ms": baseline,
         "client_p99_during_ms": during,
         "client_p99_ratio": ratio(during, baseline),
+        "paced_runs": len(windows),
+        "paced_every_s": pace_s if windows else None,
+        "client_ops_in_paced_runs": len(client.in_windows(windows)) if windows else 0,
+        "client_p99_paced_in_run_ms": in_run,
+        "client_p99_paced_in_run_ratio": ratio(in_run, baseline),
+        "client_p99_paced_phase_ms": paced,
+        "client_p99_paced_phase_ratio": ratio(paced, baseline),
         "client_errors": client.errors,
         "client_cpu_s": client.cpu_s,
         "diagnostics_cpu_s": round(own_cpu_s, 3),
@@ -418,25 +456,21 @@ async def bench_postgres(args: argparse.Namespace, workdir: Path) -> dict[str, A
 
         async def diagnose() -> None:
             reads = policy.reads
-            connections, slow, relations, sessions = await asyncio.gather(
-                read_connections.fn(db),
-                read_slow_queries.fn(db, top=reads.top),
-                read_relations.fn(
-                    db,
-                    top=reads.top,
-                    large_table_bytes=reads.large_table_bytes,
-                    statement_timeout_s=reads.statement_timeout_s,
-                ),
-                read_sessions.fn(db),
+            snap = await read_snapshot.fn(
+                db,
+                top=reads.top,
+                large_table_bytes=reads.large_table_bytes,
+                statement_timeout_s=reads.statement_timeout_s,
             )
-            judge_postgres(connections, slow, relations, sessions, lock_tree(sessions), policy.limits)
+            sessions = snap.sessions
+            judge_postgres(snap.connections, snap.slow, snap.relations, sessions, lock_tree(sessions), policy.limits)
 
         def raw() -> None:
             subprocess.run(["psql", dsn, "-q", "-c", SEED_SQL], check=True, capture_output=True, timeout=600)
 
         say("PostgreSQL: baseline, db-diagnostics, psql ...")
         client = Client("postgres", dsn, max_id, args.rate, workdir)
-        figures = await measure(client, diagnose, args.phase_s, raw, postgres_server_side(dsn))
+        figures = await measure(client, diagnose, args.phase_s, raw, postgres_server_side(dsn), args.pace_s)
         say("PostgreSQL: lock chain to cancel ...")
         figures["lock_to_cancel_s"] = await lock_to_cancel(db, dsn)
         return {**figures, "database_bytes": data["bytes"], "fill_s": data["fill_s"]}
@@ -499,15 +533,25 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         policy = load_policy().redis
         sample = server.client()
         keys = [k.decode() for k in sample.scan(0, count=2000)[1] if sample.type(k) == b"string"] or ["missing"]
-        result: dict[str, Any] = {}
 
-        async def diagnose() -> None:
-            await asyncio.gather(read_redis_info.fn(cache), read_command_stats.fn(cache), read_clients.fn(cache))
-            await sample_latency.fn(cache, policy.latency)
-            scan = await scan_keyspace.fn(
-                cache, policy.patterns, policy.scan, policy.big_keys, policy.latency.interval_ms
-            )
-            result.update(scanned=scan.scanned, dbsize=scan.dbsize, scan_complete=scan.complete, scan_s=scan.seconds)
+        def diagnose_with(bounds: ScanBounds, result: dict[str, Any]) -> Callable[[], Any]:
+            async def diagnose() -> None:
+                await asyncio.gather(read_redis_info.fn(cache), read_command_stats.fn(cache), read_clients.fn(cache))
+                _, scan = await asyncio.gather(  # as the flow: the latency sampling beside the scan
+                    sample_latency.fn(cache, policy.latency),
+                    scan_keyspace.fn(cache, policy.patterns, bounds, policy.big_keys, policy.latency.interval_ms),
+                )
+                result.update(
+                    scanned=scan.scanned,
+                    dbsize=scan.dbsize,
+                    scan_complete=scan.complete,
+                    scan_fraction=scan.fraction,
+                    scan_s=scan.seconds,
+                    scan_backoffs=scan.backoffs,
+                    keys_per_s=round(scan.scanned / scan.seconds) if scan.seconds else None,
+                )
+
+            return diagnose
 
         def raw() -> None:
             cli = shutil.which("redis-cli") or "redis-cli"
@@ -518,9 +562,40 @@ async def bench_redis(args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             subprocess.run([cli, "-u", server.url, "INFO", "all"], check=True, capture_output=True, timeout=60)
 
         say("Redis: baseline, redis-diagnostics, redis-cli ...")
+        result: dict[str, Any] = {}
         client = Client("redis", server.url, keys, args.rate, workdir)
-        figures = await measure(client, diagnose, args.phase_s, raw, redis_server_side(server))
-        return {**figures, **result, "used_memory": server.used_memory(), "fill_s": fill_s}
+        figures = await measure(
+            client, diagnose_with(policy.scan, result), args.phase_s, raw, redis_server_side(server)
+        )
+        variants = []
+        for spec in args.redis_scan or []:  # other scan settings on the same data, for tuning the policy
+            count, pace = spec.split(":")
+            bounds = policy.scan.model_copy(update={"count": int(count), "pace": float(pace)})
+            say(f"Redis: scan variant count {count}, pace {pace} ...")
+            found: dict[str, Any] = {}
+            client = Client("redis", server.url, keys, args.rate, workdir)
+            v = await measure(
+                client, diagnose_with(bounds, found), args.phase_s, lambda: None, redis_server_side(server)
+            )
+            variants.append(
+                {
+                    "count": int(count),
+                    "pace": float(pace),
+                    **{k: v[k] for k in ("diagnostics_s", "client_p99_baseline_ms", "client_p99_during_ms")},
+                    "client_p99_ratio": v["client_p99_ratio"],
+                    "load_average": v["load_average"],
+                    **found,
+                }
+            )
+        return {
+            **figures,
+            **result,
+            "scan_count": policy.scan.count,
+            "scan_pace": policy.scan.pace,
+            "variants": variants,
+            "used_memory": server.used_memory(),
+            "fill_s": fill_s,
+        }
     finally:
         server.stop(keep=False)
 
@@ -548,6 +623,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis-mib", type=int, help="Redis data, MiB of used_memory (default: half of --size)")
     parser.add_argument("--rate", type=float, default=200, help="the concurrent client's operations a second")
     parser.add_argument("--phase-s", type=float, default=10, help="seconds of baseline and of diagnostics")
+    parser.add_argument(
+        "--pace-s", type=float, default=0.5, help="paced phase: one diagnostics run every this many seconds (0: none)"
+    )
+    parser.add_argument(
+        "--redis-scan",
+        action="append",
+        metavar="COUNT:PACE",
+        help="also measure redis-diagnostics with this SCAN count and pace (repeatable; tuning the policy)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-redis", action="store_true")
     args = parser.parse_args(argv)
@@ -559,13 +643,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = result[system]
             say(
                 f"{system:9} diagnostics {r['diagnostics_s']} s (raw tool {r['raw_s']} s); client p99 "
-                f"{r['client_p99_baseline_ms']} -> {r['client_p99_during_ms']} ms (x{r['client_p99_ratio']})"
+                f"{r['client_p99_baseline_ms']} -> {r['client_p99_during_ms']} ms (x{r['client_p99_ratio']}) back "
+                f"to back; paced ({r['paced_runs']} runs, one every {r['paced_every_s']} s): in a run "
+                f"{r['client_p99_paced_in_run_ms']} ms (x{r['client_p99_paced_in_run_ratio']}, "
+                f"{r['client_ops_in_paced_runs']} ops), over the phase {r['client_p99_paced_phase_ms']} ms "
+                f"(x{r['client_p99_paced_phase_ratio']})"
                 + (f"; lock chain to cancel {r['lock_to_cancel_s']} s" if "lock_to_cancel_s" in r else "")
             )
             say(
                 f"{system:9} server side, baseline -> during: {json.dumps(r['server_baseline'])} -> "
                 f"{json.dumps(r['server_during'])}; load average {r['load_average']}"
             )
+    for v in result.get("redis", {}).get("variants", []):
+        say(
+            f"redis scan count {v['count']} pace {v['pace']}: {v['diagnostics_s']} s, {v.get('scanned')} keys "
+            f"({v.get('scan_fraction')}), {v.get('keys_per_s')} keys/s; client p99 {v['client_p99_baseline_ms']} -> "
+            f"{v['client_p99_during_ms']} ms (x{v['client_p99_ratio']})"
+        )
     print(json.dumps(result))
     return 0
 

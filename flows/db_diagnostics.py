@@ -6,7 +6,7 @@ table and index sizes, never-used indexes, sequential scans on large tables, the
 blocking tree from ``pg_blocking_pids()`` (not the seed's join of ``pg_locks`` by lock type, which pairs sessions
 that do not block each other); long-running and idle-in-transaction sessions. Limits: ``postgres:`` of
 ``tasks/diagnostics/policy.yaml``. Where ``pg_stat_statements`` is missing, that check says so and how to enable it,
-and the rest runs.
+and the rest runs. All of it is read on one connection in one read-only snapshot (``read_snapshot``).
 
 What it leaves, all table artifacts: ``db-diagnostics-<environment>`` (every check: value, limit, verdict),
 ``db-slow-queries-``, ``db-locks-`` (the tree, depth-first), ``db-sessions-`` (long-running and idle in
@@ -17,7 +17,6 @@ completes whatever it finds; it fails only when PostgreSQL cannot be read.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -32,10 +31,7 @@ from tasks.diagnostics.postgres import (
     lock_rows,
     lock_tree,
     long_sessions,
-    read_connections,
-    read_relations,
-    read_sessions,
-    read_slow_queries,
+    read_snapshot,
 )
 from tasks.reporting import emit, publish_table
 
@@ -53,15 +49,13 @@ async def db_diagnostics(environment: str = "sandbox") -> State:
     env = await load_environment(environment)
     policy = load_policy().postgres
     db, reads = env.postgres, policy.reads
-    connections, slow, relations, sessions = await asyncio.gather(
-        read_connections(db),
-        read_slow_queries(db, top=reads.top),
-        read_relations(
-            db, top=reads.top, large_table_bytes=reads.large_table_bytes, statement_timeout_s=reads.statement_timeout_s
-        ),
-        read_sessions(db),
+    # one connection, one read-only snapshot: the connections and the sessions agree, and the server starts one
+    # backend for the run instead of one a read
+    snapshot = await read_snapshot(
+        db, top=reads.top, large_table_bytes=reads.large_table_bytes, statement_timeout_s=reads.statement_timeout_s
     )
-    sessions = [s for s in sessions if s.application_name != OWN_APPLICATION_NAME]  # the other reads of this run
+    connections, slow, relations = snapshot.connections, snapshot.slow, snapshot.relations
+    sessions = [s for s in snapshot.sessions if s.application_name != OWN_APPLICATION_NAME]  # others of ours
     tree = lock_tree(sessions)
     findings = judge_postgres(connections, slow, relations, sessions, tree, policy.limits)
     flagged = [f for f in findings if f.verdict in ("warn", "fail")]

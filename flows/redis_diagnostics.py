@@ -2,8 +2,10 @@
 
 ``INFO all`` (memory, fragmentation, evictions, hit ratio, persistence), ``INFO commandstats``, ``CLIENT LIST``
 grouped, keys per pattern by ``SCAN`` with their TTLs (sessions without a TTL flagged), the big keys of a sample
-by ``MEMORY USAGE``, and the seed's ``--latency-history`` as a bounded sampling. Nothing is written to Redis; the
-scan is bounded in keys and time and backs off while the server is slow (:mod:`tasks.diagnostics.redis`).
+by ``MEMORY USAGE``, and the seed's ``--latency-history`` as a bounded sampling, run beside the scan (the latency a
+client sees while the scan runs). Nothing is written to Redis; the scan is bounded in keys and time and backs off
+while the server is slow (:mod:`tasks.diagnostics.redis`). A scan stopped by its bounds reports the keys it scanned
+and, per pattern, an estimate labelled as such: the scanned count divided by the fraction of the keys scanned.
 
 What it leaves: a table artifact ``redis-diagnostics-<environment>`` (every check: value, limit, verdict), a
 markdown artifact ``redis-report-<environment>`` (keyspace, big keys, commands, clients, latency) and an event
@@ -58,13 +60,30 @@ def render_report(
         f"keys per database {info.keyspace or '{}'}.",
     ]
     if scan is not None:
-        state = "complete" if scan.complete else f"partial: {scan.stopped_because}"
-        parts += [
-            f"## Keys per pattern ({scan.scanned} of {scan.dbsize} keys in {scan.seconds}s, {state})",
-            _table(
-                ["pattern", "match", "keys", *scan.patterns[0].ttl.keys()] if scan.patterns else ["pattern"],
+        buckets = list(scan.patterns[0].ttl.keys()) if scan.patterns else []
+        if scan.complete:
+            heading = f"## Keys per pattern ({scan.scanned} of {scan.dbsize} keys in {scan.seconds}s, complete)"
+            keys_table = _table(
+                ["pattern", "match", "keys", *buckets],
                 [[p.name, f"`{p.match}`", p.key_count, *p.ttl.values()] for p in scan.patterns],
-            ),
+            )
+        else:
+            heading = (
+                f"## Keys per pattern: ESTIMATES from {scan.fraction:.1%} of the keys ({scan.scanned} of "
+                f"{scan.dbsize} in {scan.seconds}s; partial: {scan.stopped_because})\n\n"
+                f"`estimated keys` is the scanned count divided by {scan.fraction:.4f} (SCAN's order does not follow "
+                "key names, so the scanned keys are a sample of the whole); the TTL columns count the scanned keys."
+            )
+            keys_table = _table(
+                ["pattern", "match", "estimated keys", "scanned keys", *(f"{b} (scanned)" for b in buckets)],
+                [
+                    [p.name, f"`{p.match}`", f"~{p.estimated_count}", p.key_count, *p.ttl.values()]
+                    for p in scan.patterns
+                ],
+            )
+        parts += [
+            heading,
+            keys_table,
             f"## Big keys (MEMORY USAGE of {scan.sampled_for_memory} sampled keys)",
             _table(
                 ["key", "type", "bytes", "pattern"], [[f"`{b.key}`", b.type, b.bytes, b.pattern] for b in scan.big_keys]
@@ -81,8 +100,8 @@ def render_report(
             ["host", "name", "command", "clients", "max idle s", "memory B"],
             [[g.host, g.name, g.command, g.clients, g.max_idle_s, g.total_memory_bytes] for g in clients],
         ),
-        f"## Latency (PING, {latency.samples} samples): min {latency.min_ms} / avg {latency.avg_ms} / "
-        f"p99 {latency.p99_ms} / max {latency.max_ms} ms",
+        f"## Latency (PING, {latency.samples} samples{', during the scan' if scan is not None else ''}): "
+        f"min {latency.min_ms} / avg {latency.avg_ms} / p99 {latency.p99_ms} / max {latency.max_ms} ms",
         _table(
             ["second", "min ms", "avg ms", "max ms"],
             [[i + 1, w["min_ms"], w["avg_ms"], w["max_ms"]] for i, w in enumerate(latency.windows)],
@@ -115,12 +134,16 @@ async def redis_diagnostics(
     info, commands, clients = await asyncio.gather(
         read_redis_info(env.redis), read_command_stats(env.redis), read_clients(env.redis)
     )
-    latency = await sample_latency(env.redis, policy.latency)  # before the scan: the server's own latency
-    scan = (
-        await scan_keyspace(env.redis, patterns, bounds, policy.big_keys, policy.latency.interval_ms)
-        if scan_keys
-        else None
-    )
+    # the seed's --latency-history sampled while the scan runs: the latency a client sees during the scan is what
+    # "must not stall the server" asks about, and the run takes the longer of the two instead of their sum
+    scan: KeyspaceScan | None
+    if scan_keys:
+        latency, scan = await asyncio.gather(
+            sample_latency(env.redis, policy.latency),
+            scan_keyspace(env.redis, patterns, bounds, policy.big_keys, policy.latency.interval_ms),
+        )
+    else:
+        latency, scan = await sample_latency(env.redis, policy.latency), None
     findings = judge_redis(info, scan, latency, policy.limits, bounds, policy.latency.max_p99_ms)
     flagged = [f for f in findings if f.verdict in ("warn", "fail")]
     summary = f"{len(findings) - len(flagged)} of {len(findings)} checks pass" + (
@@ -145,6 +168,7 @@ async def redis_diagnostics(
             "flagged": [f.row() for f in flagged],
             "keys_scanned": scan.scanned if scan else None,
             "scan_complete": scan.complete if scan else None,
+            "scan_fraction": scan.fraction if scan else None,
         },
     )
     for f in findings:

@@ -30,7 +30,7 @@ from kernel.errors import PostgresError
 from kernel.retry import once_task, read_task
 from tasks.diagnostics.policy import PostgresLimits
 from tasks.diagnostics.redis import Finding, Verdict
-from tasks.postgres import LARGEST_RELATIONS_SQL, UNUSED_INDEXES_SQL, UnusedIndex
+from tasks.postgres import _USER_SCHEMAS, UNUSED_INDEXES_SQL, UnusedIndex
 
 #: what our own sessions call themselves: never a target of db-performance
 OWN_APPLICATION_NAME = "runbooks-db-performance"
@@ -142,7 +142,9 @@ class LockNode(BaseModel):
         return len(self.pids()) - 1
 
 
-async def _fetch(conn: psycopg.AsyncConnection, query: Any, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+async def _fetch(
+    conn: psycopg.AsyncConnection, query: Any, args: tuple[object, ...] | dict[str, object] = ()
+) -> list[tuple[Any, ...]]:
     return list(await (await conn.execute(query, args or None)).fetchall())
 
 
@@ -160,9 +162,29 @@ def _error(db: PostgresDatabase, what: str, err: psycopg.Error) -> PostgresError
 
 
 async def _prepare(conn: psycopg.AsyncConnection, statement_timeout_s: float) -> None:
-    await conn.execute(sql.SQL("SET application_name = {}").format(sql.Literal(OWN_APPLICATION_NAME)))
-    await conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(f"{int(statement_timeout_s * 1000)}")))
-    await conn.execute("SET lock_timeout = '1s'")
+    """Our name, the statement timeout and a 1 s lock timeout, in one round trip."""
+    await conn.execute(
+        "SELECT set_config('application_name', %s, false), set_config('statement_timeout', %s, false),"
+        " set_config('lock_timeout', '1s', false)",
+        (OWN_APPLICATION_NAME, str(int(statement_timeout_s * 1000))),
+    )
+
+
+CONNECTIONS_SQL = """
+SELECT coalesce(state, 'unknown'), count(*)::int,
+       current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int
+FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1 ORDER BY 2 DESC
+"""
+LIMITS_SQL = "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+
+
+async def _connections(conn: psycopg.AsyncConnection) -> Connections:
+    rows = await _fetch(conn, CONNECTIONS_SQL)
+    limits = (rows[0][2], rows[0][3]) if rows else (await _fetch(conn, LIMITS_SQL))[0]
+    by_state = {str(r[0]): int(r[1]) for r in rows}
+    return Connections(
+        by_state=by_state, total=sum(by_state.values()), max_connections=limits[0], superuser_reserved=limits[1]
+    )
 
 
 @read_task
@@ -171,25 +193,9 @@ async def read_connections(db: PostgresDatabase) -> Connections:
     async with db.get_client() as conn:
         try:
             await _prepare(conn, 30)
-            rows = await _fetch(
-                conn,
-                "SELECT coalesce(state, 'unknown'), count(*) FROM pg_stat_activity"
-                " WHERE backend_type = 'client backend' GROUP BY 1 ORDER BY 2 DESC",
-            )
-            limits = await _fetch(
-                conn,
-                "SELECT current_setting('max_connections')::int,"
-                " current_setting('superuser_reserved_connections')::int",
-            )
+            return await _connections(conn)
         except psycopg.Error as err:
             raise _error(db, "connections", err) from err
-    by_state = {str(state): int(n) for state, n in rows}
-    return Connections(
-        by_state=by_state,
-        total=sum(by_state.values()),
-        max_connections=limits[0][0],
-        superuser_reserved=limits[0][1],
-    )
 
 
 ENABLE_HINT = (
@@ -199,32 +205,34 @@ ENABLE_HINT = (
 )
 
 
-@read_task
-async def read_slow_queries(db: PostgresDatabase, *, top: int = 10, min_calls: int = 1) -> SlowQueries:
-    """The ``top`` statements of this database by total execution time: ``total_exec_time``/``mean_exec_time`` on
-    PostgreSQL 13 and later, ``total_time``/``mean_time`` before. Not installed or not loaded: says so, and how."""
-    async with db.get_client() as conn:
-        try:
-            await _prepare(conn, 30)
-            version = (await _fetch(conn, "SELECT current_setting('server_version_num')::int"))[0][0]
-            ext = await _fetch(conn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'")
-            if not ext:
-                return SlowQueries(installed=False, detail=ENABLE_HINT.format(what="installed in this database"))
-            total, mean = ("total_exec_time", "mean_exec_time") if version >= 130000 else ("total_time", "mean_time")
-            query = sql.SQL(
-                "SELECT s.queryid, s.query, s.calls, s.{total}, s.{mean}, s.rows FROM pg_stat_statements s"
-                " WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                " AND s.calls >= %s AND s.query NOT ILIKE '%%pg_stat_statements%%'"
-                " ORDER BY s.{total} DESC LIMIT %s"
-            ).format(total=sql.Identifier(total), mean=sql.Identifier(mean))
+async def _slow_queries(conn: psycopg.AsyncConnection, top: int, min_calls: int) -> SlowQueries:
+    """pg_stat_statements' top statements; inside a transaction, the read runs under a savepoint, so that an
+    extension created but not loaded (an error) leaves the transaction usable for the other reads."""
+    [(version, extversion)] = await _fetch(
+        conn,
+        "SELECT current_setting('server_version_num')::int,"
+        " (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements')",
+    )
+    if extversion is None:
+        return SlowQueries(installed=False, detail=ENABLE_HINT.format(what="installed in this database"))
+    total, mean = ("total_exec_time", "mean_exec_time") if version >= 130000 else ("total_time", "mean_time")
+    query = sql.SQL(
+        "SELECT s.queryid, s.query, s.calls, s.{total}, s.{mean}, s.rows FROM pg_stat_statements s"
+        " WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND s.calls >= %s AND s.query NOT ILIKE '%%pg_stat_statements%%'"
+        " ORDER BY s.{total} DESC LIMIT %s"
+    ).format(total=sql.Identifier(total), mean=sql.Identifier(mean))
+    try:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+            async with conn.transaction():  # a savepoint
+                rows = await _fetch(conn, query, (min_calls, top))
+        else:
             rows = await _fetch(conn, query, (min_calls, top))
-        except psycopg.errors.ObjectNotInPrerequisiteState:
-            return SlowQueries(installed=False, detail=ENABLE_HINT.format(what="loaded by the server"))
-        except psycopg.Error as err:
-            raise _error(db, "pg_stat_statements", err) from err
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        return SlowQueries(installed=False, detail=ENABLE_HINT.format(what="loaded by the server"))
     return SlowQueries(
         installed=True,
-        detail=f"pg_stat_statements {ext[0][0]} ({total}, {mean}; server {version // 10000})",
+        detail=f"pg_stat_statements {extversion} ({total}, {mean}; server {version // 10000})",
         columns=f"{total}, {mean}",
         queries=[
             SlowQuery(
@@ -238,6 +246,18 @@ async def read_slow_queries(db: PostgresDatabase, *, top: int = 10, min_calls: i
             for r in rows
         ],
     )
+
+
+@read_task
+async def read_slow_queries(db: PostgresDatabase, *, top: int = 10, min_calls: int = 1) -> SlowQueries:
+    """The ``top`` statements of this database by total execution time: ``total_exec_time``/``mean_exec_time`` on
+    PostgreSQL 13 and later, ``total_time``/``mean_time`` before. Not installed or not loaded: says so, and how."""
+    async with db.get_client() as conn:
+        try:
+            await _prepare(conn, 30)
+            return await _slow_queries(conn, top, min_calls)
+        except psycopg.Error as err:
+            raise _error(db, "pg_stat_statements", err) from err
 
 
 class Relations(BaseModel):
@@ -263,23 +283,42 @@ FROM pg_statio_user_tables
 """
 
 
-@read_task
-async def read_relations(
-    db: PostgresDatabase, *, top: int = 10, large_table_bytes: int = 10_000_000, statement_timeout_s: float = 30
-) -> Relations:
-    """Largest tables and indexes, never-used indexes (the weekly maintenance's queries), sequential scans on
-    tables of at least ``large_table_bytes``, and the cache hit ratio. Catalogue and statistics only."""
+#: The largest relations without pg_total_relation_size on every one of them (each call stat()s every file of the
+#: relation, its TOAST table and its indexes): candidates by the catalogue's page counts (``relpages``, kept by
+#: VACUUM, ANALYZE and CREATE INDEX; the relation, its TOAST table and its indexes), ``candidates`` of them, plus
+#: every relation whose counts are unknown (never vacuumed nor analyzed: ``reltuples`` < 0, or ``relpages`` 0), and
+#: the true sizes of those only. A stale ``relpages`` can misrank, hence the margin of candidates beyond ``top``.
+LARGEST_CANDIDATES_SQL = f"""
+WITH rel AS (
+    SELECT c.oid, n.nspname, c.relname, c.relkind::text AS kind, c.relpages, c.reltuples,
+           c.relpages::bigint + coalesce(t.relpages, 0)
+             + coalesce((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                         WHERE x.indrelid = c.oid), 0) AS pages
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+    WHERE c.relkind = ANY(%(kinds)s) AND {_USER_SCHEMAS}
+), candidates AS (
+    (SELECT oid, nspname, relname, kind FROM rel ORDER BY pages DESC LIMIT %(candidates)s)
+    UNION
+    SELECT oid, nspname, relname, kind FROM rel WHERE relpages = 0 OR reltuples < 0
+)
+SELECT nspname, relname, kind, pg_total_relation_size(oid), pg_relation_size(oid)
+FROM candidates ORDER BY 4 DESC, 1, 2 LIMIT %(top)s
+"""
+
+
+async def _relations(conn: psycopg.AsyncConnection, top: int, large_table_bytes: int) -> Relations:
     kinds = {"r": "table", "p": "partitioned table", "m": "materialized view", "i": "index"}
-    async with db.get_client() as conn:
-        try:
-            await _prepare(conn, statement_timeout_s)
-            tables = await _fetch(conn, LARGEST_RELATIONS_SQL, (["r", "m", "p"], top))
-            indexes = await _fetch(conn, LARGEST_RELATIONS_SQL, (["i"], top))
-            unused = await _fetch(conn, UNUSED_INDEXES_SQL)
-            scans = await _fetch(conn, SEQ_SCANS_SQL, (large_table_bytes, top))
-            cache = await _fetch(conn, CACHE_HIT_SQL)
-        except psycopg.Error as err:
-            raise _error(db, "relation statistics", err) from err
+    candidates = 3 * top + 10
+    tables = await _fetch(
+        conn,
+        LARGEST_CANDIDATES_SQL,
+        {"kinds": ["r", "m", "p"], "candidates": candidates, "top": top},
+    )
+    indexes = await _fetch(conn, LARGEST_CANDIDATES_SQL, {"kinds": ["i"], "candidates": candidates, "top": top})
+    unused = await _fetch(conn, UNUSED_INDEXES_SQL)
+    scans = await _fetch(conn, SEQ_SCANS_SQL, (large_table_bytes, top))
+    cache = await _fetch(conn, CACHE_HIT_SQL)
 
     def rel(r: tuple[Any, ...]) -> RelationRow:
         return RelationRow(schema_name=r[0], name=r[1], kind=kinds.get(r[2], r[2]), total_bytes=r[3], bytes=r[4])
@@ -301,6 +340,20 @@ async def read_relations(
     )
 
 
+@read_task
+async def read_relations(
+    db: PostgresDatabase, *, top: int = 10, large_table_bytes: int = 10_000_000, statement_timeout_s: float = 30
+) -> Relations:
+    """Largest tables and indexes, never-used indexes (the weekly maintenance's query), sequential scans on
+    tables of at least ``large_table_bytes``, and the cache hit ratio. Catalogue and statistics only."""
+    async with db.get_client() as conn:
+        try:
+            await _prepare(conn, statement_timeout_s)
+            return await _relations(conn, top, large_table_bytes)
+        except psycopg.Error as err:
+            raise _error(db, "relation statistics", err) from err
+
+
 SESSIONS_SQL = """
 SELECT pid, backend_start, usename, coalesce(application_name, ''), coalesce(backend_type, ''),
        client_addr::text, state, wait_event_type, wait_event, query,
@@ -314,15 +367,8 @@ ORDER BY pid
 """
 
 
-@read_task
-async def read_sessions(db: PostgresDatabase) -> list[Session]:
-    """Every session of this database but ours, with ``pg_blocking_pids()`` (who it waits on)."""
-    async with db.get_client() as conn:
-        try:
-            await _prepare(conn, 30)
-            rows = await _fetch(conn, SESSIONS_SQL)
-        except psycopg.Error as err:
-            raise _error(db, "pg_stat_activity", err) from err
+async def _sessions(conn: psycopg.AsyncConnection) -> list[Session]:
+    rows = await _fetch(conn, SESSIONS_SQL)
 
     def age(v: float | None) -> float | None:
         return None if v is None else round(v, 3)
@@ -346,6 +392,53 @@ async def read_sessions(db: PostgresDatabase) -> list[Session]:
         )
         for r in rows
     ]
+
+
+@read_task
+async def read_sessions(db: PostgresDatabase) -> list[Session]:
+    """Every session of this database but ours, with ``pg_blocking_pids()`` (who it waits on)."""
+    async with db.get_client() as conn:
+        try:
+            await _prepare(conn, 30)
+            return await _sessions(conn)
+        except psycopg.Error as err:
+            raise _error(db, "pg_stat_activity", err) from err
+
+
+class Snapshot(BaseModel):
+    """What db-diagnostics reads, read at one moment: connections, slow queries, relations and sessions."""
+
+    connections: Connections
+    slow: SlowQueries
+    relations: Relations
+    sessions: list[Session]
+
+
+@read_task
+async def read_snapshot(
+    db: PostgresDatabase, *, top: int = 10, large_table_bytes: int = 10_000_000, statement_timeout_s: float = 30
+) -> Snapshot:
+    """:func:`read_connections`, :func:`read_slow_queries`, :func:`read_relations` and :func:`read_sessions` on one
+    connection, in one read-only REPEATABLE READ transaction: one backend started instead of four (a backend's
+    start, a fork and its catalogue cache, cost more than these reads), one snapshot of ``pg_stat_activity`` for the
+    connections and the sessions, and about a dozen round trips."""
+    async with db.get_client() as conn:
+        what = "statistics"
+        try:
+            await _prepare(conn, statement_timeout_s)
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                what = "connections"
+                connections = await _connections(conn)
+                what = "pg_stat_activity"
+                sessions = await _sessions(conn)
+                what = "pg_stat_statements"
+                slow = await _slow_queries(conn, top, 1)
+                what = "relation statistics"
+                relations = await _relations(conn, top, large_table_bytes)
+        except psycopg.Error as err:
+            raise _error(db, what, err) from err
+    return Snapshot(connections=connections, slow=slow, relations=relations, sessions=sessions)
 
 
 def lock_tree(sessions: list[Session]) -> list[LockNode]:

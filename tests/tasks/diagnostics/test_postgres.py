@@ -24,10 +24,12 @@ from tasks.diagnostics.postgres import (
     read_index_bloat,
     read_sessions,
     read_slow_queries,
+    read_snapshot,
     redact_literals,
     reindex_concurrently,
     stop_backend,
 )
+from tasks.postgres import LARGEST_RELATIONS_SQL
 from tests.pglocks import psql
 
 
@@ -65,6 +67,38 @@ async def test_a_slow_pattern_run_hundreds_of_times_tops_the_slow_queries(scratc
     top = slow.queries[0]
     assert top.calls == 300 and "LIKE" in top.query and "ab%" not in top.query, slow.queries
     assert top.total_ms > max(q.total_ms for q in slow.queries[1:])
+
+
+async def test_the_snapshot_reads_all_in_one_transaction_and_ranks_sizes_as_the_exact_query(
+    scratch: PostgresDatabase,
+) -> None:
+    dsn = scratch.dsn.get_secret_value()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_stat_statements")
+        for i in range(40):  # small tables, analyzed: their relpages are known
+            rows = 20 * i + 1
+            conn.execute(
+                f"CREATE TABLE small_{i} AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, {rows}) g"
+            )
+            conn.execute(f"CREATE INDEX ON small_{i} (body)")
+        conn.execute("ANALYZE")
+        # the largest, never vacuumed nor analyzed: relpages 0 in the catalogue, yet it must rank first
+        conn.execute("CREATE TABLE fresh AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 40000) g")
+        # (no index on it: CREATE INDEX would set its relpages)
+        assert psql(dsn, "SELECT relpages FROM pg_class WHERE relname = 'fresh'") == "0"
+    top = 5
+    snap = await read_snapshot.fn(scratch, top=top, large_table_bytes=0)
+    # the exact query (pg_total_relation_size of every relation), as psql gives it
+    exact = [line.split("|") for line in psql(dsn, LARGEST_RELATIONS_SQL.replace("%s", "{}").format(
+        "'{r,m,p}'", top)).splitlines()]  # fmt: skip
+    assert [(t.name, t.total_bytes) for t in snap.relations.tables] == [(r[1], int(r[3])) for r in exact]
+    assert snap.relations.tables[0].name == "fresh"
+    exact_indexes = [line.split("|") for line in psql(dsn, LARGEST_RELATIONS_SQL.replace("%s", "{}").format(
+        "'{i}'", top)).splitlines()]  # fmt: skip
+    assert [i.name for i in snap.relations.indexes] == [r[1] for r in exact_indexes]
+    # the other reads, from the same snapshot
+    assert snap.slow.installed and snap.connections.max_connections > 0
+    assert snap.connections.total >= 1 and all(s.pid > 0 for s in snap.sessions)
 
 
 async def test_reindex_concurrently_rebuilds_a_bloated_index(scratch: PostgresDatabase) -> None:

@@ -102,9 +102,38 @@ async def test_a_bounded_scan_says_it_is_partial(loaded_redis: RedisDatabase) ->
     scan = await scan_keyspace.fn(loaded_redis, policy.patterns, bounds, policy.big_keys, 10)
     assert not scan.complete and "max_keys" in (scan.stopped_because or "")
     assert 5_000 <= scan.scanned < 5_000 + 2 * bounds.count
-    [finding] = [f for f in judge_redis(await read_redis_info.fn(loaded_redis), scan, None, policy.limits, bounds, 10)
-                 if f.check == "keys scanned"]  # fmt: skip
-    assert finding.verdict == "warn" and "max_keys" in finding.detail
+    findings = {f.check: f for f in judge_redis(await read_redis_info.fn(loaded_redis), scan, None, policy.limits,
+                                                bounds, 10)}  # fmt: skip
+    assert findings["keys scanned"].verdict == "warn" and "max_keys" in findings["keys scanned"].detail
+    assert "estimates" in findings["keys scanned"].detail
+
+
+async def test_a_partial_scan_estimates_each_pattern_from_the_fraction_scanned(loaded_redis: RedisDatabase) -> None:
+    policy = load_policy().redis
+    total = SESSIONS + CACHE + RATELIMITS + OTHER + 1
+    bounds = policy.scan.model_copy(update={"max_keys": 30_000, "count": 1000})
+    scan = await scan_keyspace.fn(loaded_redis, policy.patterns, bounds, policy.big_keys, 10)
+    counts = {p.name: p for p in scan.patterns}
+    assert not scan.complete and total - RATELIMITS <= scan.dbsize <= total  # rate limits expire after 55 s
+    assert scan.fraction == pytest.approx(scan.scanned / scan.dbsize, abs=0.01) and 0.25 < scan.fraction < 0.35
+    # the scanned counts stay exact counts of what was scanned; the estimates divide them by the fraction
+    assert sum(p.key_count for p in scan.patterns) == scan.scanned
+    for p in scan.patterns:
+        assert p.estimated_count == round(p.key_count / scan.fraction)
+    # SCAN's order is unrelated to the key names: the estimates land near the truth (a 30% sample of 100,000 keys)
+    assert counts["sessions"].estimated_count == pytest.approx(SESSIONS, rel=0.1)
+    assert counts["model cache"].estimated_count == pytest.approx(CACHE, rel=0.1)
+    findings = {f.check: f for f in judge_redis(await read_redis_info.fn(loaded_redis), scan, None, policy.limits,
+                                                bounds, 10)}  # fmt: skip
+    assert "estimated" in findings["sessions without TTL"].value and f"{scan.fraction:.1%}" in (
+        findings["sessions without TTL"].value
+    )
+
+    complete = await scan_keyspace.fn(
+        loaded_redis, policy.patterns, policy.scan.model_copy(update={"max_seconds": 60}), policy.big_keys, 10
+    )
+    assert complete.complete and complete.fraction == 1.0
+    assert all(p.estimated_count is None for p in complete.patterns)  # exact counts, no estimate
 
 
 async def test_info_commands_clients_and_latency(loaded_redis: RedisDatabase) -> None:
