@@ -37,10 +37,7 @@ import argparse
 import json
 import math
 import os
-import random
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +46,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from benchmarks import private
 
 PROJECT = Path(__file__).resolve().parent.parent
 SEED = PROJECT.parent / "shared" / "seed" / "operational-runbooks.md"
@@ -401,77 +400,22 @@ class Runs:
 
 
 # ------------------------------------------------------------------------------------------ the private sandbox
-def _free_port(span: int = 1) -> int:
-    """A free port (and the ``span - 1`` after it) below the kernel's ephemeral range, as tests/conftest.py picks."""
-    from sandbox.components import port_free
-
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    for _ in range(2000):
-        port = rng.randrange(20000, min(low, 65000) - span)
-        if all(port_free("127.0.0.1", p) for p in range(port, port + span)):
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 class PrivateSandbox:
     """``runbooks sandbox up``'s components (:data:`SERVICES`) from a temporary home, on free ports, environment
-    ``sandbox`` (its own Prefect server: the name collides with nothing). Nothing of a developer's sandbox or of
-    other runs on the machine is touched."""
+    ``sandbox`` (its own Prefect server: the name collides with nothing); see :mod:`benchmarks.private`."""
 
     def __init__(self, services: Sequence[str] = tuple(SERVICES)) -> None:
-        from sandbox.config import SandboxSettings
         from sandbox.manager import Sandbox
 
-        home = Path(tempfile.mkdtemp(prefix="rb-bench-catalogue-"))
-        redis_port = _free_port()
-        self.settings = SandboxSettings(
-            home=home,
-            postgres_port=_free_port(),
-            # outside the temporary home: the cluster runs as the postgres user (see tests/conftest.py)
-            postgres_data_dir=Path(tempfile.gettempdir()) / f"runbooks-pg-{home.name}" / "main",
-            postgres_size="3MB",
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",  # nothing answers there: an embedded one starts on it
-            redis_port=redis_port,
-            redis_size="1MB",
-            recovery_postgres_port=_free_port(),
-            recovery_redis_port=_free_port(),
-            s3_port=_free_port(),
-            platform_port=_free_port(),
-            receivers_port=_free_port(),
-            prefect_port=_free_port(),
-            k8s_api_port=_free_port(),
-            k8s_etcd_port=_free_port(span=12),
-            k8s_kubelet_port=_free_port(),
-            k8s_metrics_port=_free_port(),
-            ingress_port=_free_port(),
-            gateway_port=_free_port(),
-            prometheus_port=_free_port(),
-            alertmanager_port=_free_port(),
-            startup_timeout_s=180.0,
-        )
+        self.settings = private.private_settings("rb-bench-catalogue-", startup_timeout_s=180.0)
         self.box = Sandbox(self.settings)
         self.services = list(services)
 
     def up(self) -> None:
-        self.box.up(self.services, progress=lambda m: print(m, flush=True))
+        private.up(self.box, self.services)
 
     def down(self) -> None:
-        from sandbox.components import PostgresComponent
-
-        record = self.box.state.get("postgres")
-        try:
-            self.box.down(self.services)
-        finally:
-            component = PostgresComponent(self.settings, self.box.state)
-            if component.kind(record) == "cluster":
-                component.cluster(Path(str(record["bin_dir"]))).destroy()
-            if self.settings.postgres_data_dir is not None:
-                shutil.rmtree(self.settings.postgres_data_dir.parent, ignore_errors=True)
-            shutil.rmtree(self.settings.home, ignore_errors=True)
+        private.destroy(self.box, self.services)
 
 
 # ------------------------------------------------------------------------------------------------------- the run

@@ -70,6 +70,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
+from benchmarks import private
 from blocks.postgres import PostgresDatabase
 from tasks.postgres import analyze_database, inspect_database
 
@@ -286,22 +287,6 @@ def repeat_for(seconds: float, work: Callable[[], None]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------- the private sandbox
-def _free_port(span: int = 1) -> int:
-    """A free port (and the ``span - 1`` after it) below the kernel's ephemeral range, as tests/conftest.py picks."""
-    from sandbox.components import port_free
-
-    try:
-        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    rng = random.SystemRandom()
-    for _ in range(2000):
-        port = rng.randrange(20000, min(low, 65000) - span)
-        if all(port_free("127.0.0.1", p) for p in range(port, port + span)):
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 class PrivateSandbox:
     """The sandbox's services (the production code of ``runbooks sandbox up``, without its Prefect server and
     worker) from a temporary home, on free ports: its own PostgreSQL cluster, an embedded redis-server, moto S3,
@@ -309,62 +294,23 @@ class PrivateSandbox:
     of a developer's sandbox or of other runs on the machine is touched."""
 
     def __init__(self) -> None:
-        from sandbox.config import SandboxSettings
         from sandbox.manager import Sandbox
 
-        home = Path(tempfile.mkdtemp(prefix="rb-bench-maint-"))
-        redis_port = _free_port()
-        self.settings = SandboxSettings(
-            home=home,
-            environment=BENCH_ENVIRONMENT,
-            postgres_port=_free_port(),
-            # outside the temporary home: the cluster runs as the postgres user (see tests/conftest.py)
-            postgres_data_dir=Path(tempfile.gettempdir()) / f"runbooks-pg-{home.name}" / "main",
-            postgres_size="3MB",
-            redis_url=f"redis://127.0.0.1:{redis_port}/0",  # nothing answers there: an embedded one starts on it
-            redis_port=redis_port,
-            redis_size="1MB",
-            recovery_postgres_port=_free_port(),
-            recovery_redis_port=_free_port(),
-            recovery_postgres_dir=Path(tempfile.gettempdir()) / f"runbooks-recovery-pg-{home.name}",
-            s3_port=_free_port(),
-            platform_port=_free_port(),
-            receivers_port=_free_port(),
-            prefect_port=_free_port(),
-            k8s_api_port=_free_port(),
-            k8s_etcd_port=_free_port(span=12),
-            k8s_kubelet_port=_free_port(),
-            k8s_metrics_port=_free_port(),
-            ingress_port=_free_port(),
-            gateway_port=_free_port(),
-            prometheus_port=_free_port(),
-            alertmanager_port=_free_port(),
+        self.settings = private.private_settings(
+            "rb-bench-maint-", recovery_cluster=True, environment=BENCH_ENVIRONMENT
         )
         self.box = Sandbox(self.settings)
 
     def up(self) -> str:
         """Start the services; the admin DSN of its PostgreSQL."""
-        self.box.up(SANDBOX_SERVICES, progress=lambda m: print(m, flush=True))
+        private.up(self.box, SANDBOX_SERVICES)
         record = self.box.state.get("postgres")
         if record.get("bin_dir"):
             os.environ["RUNBOOKS_PG_BIN_DIR"] = str(record["bin_dir"])
         return str(record.get("admin_dsn") or self.settings.postgres_admin_dsn)
 
     def down(self) -> None:
-        from sandbox.components import PostgresComponent
-
-        record = self.box.state.get("postgres")
-        try:
-            self.box.down(SANDBOX_SERVICES)
-        finally:
-            component = PostgresComponent(self.settings, self.box.state)
-            if component.kind(record) == "cluster":
-                component.cluster(Path(str(record["bin_dir"]))).destroy()
-            if self.settings.postgres_data_dir is not None:
-                shutil.rmtree(self.settings.postgres_data_dir.parent, ignore_errors=True)
-            if self.settings.recovery_postgres_dir is not None:
-                shutil.rmtree(self.settings.recovery_postgres_dir, ignore_errors=True)
-            shutil.rmtree(self.settings.home, ignore_errors=True)
+        private.destroy(self.box, SANDBOX_SERVICES)
 
     def postmasters(self) -> dict[str, int]:
         """The postmaster pid of the application's cluster and of the recovery target's."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import sys
@@ -66,6 +67,35 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(span: int = 1) -> int:
+    """A free port (with the ``span - 1`` after it) below the kernel's ephemeral range, for the suite's and the
+    benchmarks' private sandboxes.
+
+    A port the kernel hands out for bind(0) lies in the ephemeral range, where any outgoing connection made
+    before the server binds may take it as its local port (CI lost etcd that way). Below that range only
+    listeners can hold a port, and this process never hands the same one out twice.
+    """
+    rng = random.SystemRandom()
+    low = min(_ephemeral_low(), 65000)
+    for _ in range(2000):
+        port = rng.randrange(20000, low - span)
+        ports = range(port, port + span)
+        if _HANDED_OUT.isdisjoint(ports) and all(port_free("127.0.0.1", p) for p in ports):
+            _HANDED_OUT.update(ports)
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def port_free(host: str, port: int) -> bool:

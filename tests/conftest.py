@@ -32,7 +32,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.kubernetes import KubernetesCluster  # noqa: E402
 from blocks.redis import RedisDatabase  # noqa: E402
-from sandbox.components import port_free  # noqa: E402
+from sandbox.components import free_port  # noqa: E402
 from sandbox.config import SandboxSettings  # noqa: E402
 from sandbox.manager import Sandbox  # noqa: E402
 
@@ -40,34 +40,6 @@ TEST_ENVIRONMENT = "sandbox-test"
 SERVICES = ["postgres", "redis", "s3", "platform", "receivers", "kubernetes", "cert-manager", "ingress"]
 #: the disaster-recovery target (a second PostgreSQL and a second Redis): started only by ``recovery_environment``
 RECOVERY_SERVICES = ["recovery-postgres", "recovery-redis"]
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port(span: int = 1) -> int:
-    """A free port (with the ``span - 1`` after it) below the kernel's ephemeral range.
-
-    A port the kernel hands out for bind(0) lies in the ephemeral range, where any outgoing connection made
-    before the server binds may take it as its local port (CI lost etcd that way). Below that range only
-    listeners can hold a port, and this process never hands the same one out twice.
-    """
-    rng = random.SystemRandom()
-    low = min(_ephemeral_low(), 65000)
-    for _ in range(2000):
-        port = rng.randrange(20000, low - span)
-        ports = range(port, port + span)
-        if _HANDED_OUT.isdisjoint(ports) and all(port_free("127.0.0.1", p) for p in ports):
-            _HANDED_OUT.update(ports)
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def loopback_cidr() -> str:
