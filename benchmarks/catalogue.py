@@ -212,7 +212,8 @@ class Procedure:
     fault: str  # sandbox/faults.py's name, as `runbooks sandbox fault NAME`
     alert: str  # alerting/rules/*.yml
     normal: Normal
-    once: str = ""  # why a second run cannot be independent (then one run only)
+    #: why a run cannot wait for the previous run's incident to resolve, and how it stays independent anyway
+    new_subject_each_run: str = ""
 
 
 #: fault → alert → flow → how "normal" is read ("applied": the incident's run's ``runbooks.action.applied`` events).
@@ -243,8 +244,9 @@ PROCEDURES: tuple[Procedure, ...] = (
             _users_under(0.25),
             NORMAL_WINDOW_LONG_S,
         ),
-        once="SuspiciousUsage sums 24 h of a user's requests: after the reset it keeps firing for the same user "
-        "(the fault's), so a second run would open no incident",
+        new_subject_each_run="SuspiciousUsage sums 24 h of a user's requests, so the previous run's alert stays "
+        "firing after the reset; the fault spikes the quietest user, a new one each run, whose alert is a new "
+        "incident (the gateway keys incidents by their labels)",
     ),
     Procedure(
         "lb-rebalance",
@@ -579,7 +581,7 @@ class Bench:
         """One run, once the previous run's incident (``previous``) is resolved; the run's incident id."""
         incident_id: str | None = None
         try:
-            self.quiet(p.flow, previous)
+            self.quiet(p.flow, None if p.new_subject_each_run else previous)
             self.inject(p.fault)
             t0 = time.time()
             incident = self.wait(f"{p.alert}'s POST at the gateway", lambda: self.incident(p.alert, t0), 0.2)
@@ -730,8 +732,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for n in range(args.runs):
                     for r in todo:
                         p = r.procedure
-                        if p.once and n > 0:
-                            continue
                         if end is not None and time.monotonic() > end:
                             r.errors.append(f"run {n}: not started, the budget (--budget-min/--stop-at) spent")
                             continue
@@ -740,8 +740,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 bench.close()
             for r in todo:
-                if r.procedure.once:
-                    r.errors.append(f"one run only: {r.procedure.once}")
                 if not r.post_to_applied:
                     r.status = "failed: " + "; ".join(r.errors)[:300]
                 elif len(r.post_to_applied) < args.runs:
