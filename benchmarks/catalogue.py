@@ -245,8 +245,8 @@ PROCEDURES: tuple[Procedure, ...] = (
             NORMAL_WINDOW_LONG_S,
         ),
         new_subject_each_run="SuspiciousUsage sums 24 h of a user's requests, so the previous run's alert stays "
-        "firing after the reset; the fault spikes the quietest user, a new one each run, whose alert is a new "
-        "incident (the gateway keys incidents by their labels)",
+        "firing after the reset; each run spikes another user (the n-th quietest), whose alert is a new incident "
+        "(the gateway keys incidents by their labels)",
     ),
     Procedure(
         "lb-rebalance",
@@ -547,6 +547,14 @@ class Bench:
 
         print("   " + faults.inject(fault, self.sandbox.settings, self.sandbox.box.state), flush=True)
 
+    def inject_for_new_user(self, n: int) -> None:
+        """The suspicious-usage fault on the ``n + 1``-th quietest user: after the double's reset the quietest is the
+        same user again, whose 24 h alert still fires (no new incident); the fault's switch takes any user."""
+        users = self.platform.get("/api/v1/analytics/top-users", params={"hours": 24}, timeout=10).json()["users"]
+        user = str(users[-(n % len(users)) - 1]["user_id"])
+        self.platform.put("/_sandbox/faults", json={"spiking_user_id": user}, timeout=10).raise_for_status()
+        print(f"   fault suspicious-usage on {user} (run {n}: the {n + 1}. quietest user)", flush=True)
+
     def reset(self) -> None:
         """Clear the fault and reset the double to its seeded baseline."""
         from sandbox import faults
@@ -582,7 +590,10 @@ class Bench:
         incident_id: str | None = None
         try:
             self.quiet(p.flow, None if p.new_subject_each_run else previous)
-            self.inject(p.fault)
+            if p.new_subject_each_run:
+                self.inject_for_new_user(n)
+            else:
+                self.inject(p.fault)
             t0 = time.time()
             incident = self.wait(f"{p.alert}'s POST at the gateway", lambda: self.incident(p.alert, t0), 0.2)
             incident_id, posted = incident["incident_id"], float(incident["opened_at"])
