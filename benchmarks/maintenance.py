@@ -358,14 +358,35 @@ def split_cpus(sandbox: PrivateSandbox | None, enabled: bool) -> dict[str, Any]:
     app, rest = allowed[:1], allowed[1:]
     pids = sandbox.postmasters()
     counts = {"application": pin_tree(pids["application"], app), "recovery": pin_tree(pids["recovery"], rest)}
+    counts["the rest of the sandbox"] = pin_others(sandbox.settings.home, keep=app, cpus=rest)
     pin_self(rest)
     return {
         "pinned": True,
         "application_and_writer": app,
         "recovery_and_flow": rest,
         "processes": counts,
-        "note": "CPUs only: the disk, the page cache and the Prefect server are shared",
+        "note": "CPUs only: the disk and the page cache are shared; the sandbox's other processes (Kubernetes, the "
+        "platform double, S3, the Prefect server) are on the recovery side, as another machine's would be",
     }
+
+
+def pin_others(home: Path, keep: list[int], cpus: list[int]) -> int:
+    """The private sandbox's other processes (their command line names its home) and this process's children on
+    ``cpus``, except those already pinned to ``keep`` (the writer). How many were pinned."""
+    import psutil
+
+    me = psutil.Process()
+    ours = {p.pid for p in me.children(recursive=True)}
+    pinned = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != me.pid and (proc.pid in ours or str(home) in " ".join(proc.info["cmdline"] or [])):
+                if sorted(os.sched_getaffinity(proc.pid)) == keep:
+                    continue
+                pinned += pin_tree(proc.pid, cpus)
+        except (psutil.Error, OSError):
+            pass  # one that has just ended
+    return pinned
 
 
 async def save_environments(sandbox: PrivateSandbox, bench_dsn: str) -> None:
